@@ -1,0 +1,1 @@
+"""Continual layers (one file per family)."""

@@ -1,0 +1,248 @@
+"""The contract harness: one call checks that a layer keeps the continual contract.
+
+    from cojax.testing import verify_contract
+    verify_contract(co.Conv3d(3, 8, kernel_size=3, padding=1), (6, 6, 3))
+
+Checks (DESIGN.md §4), each raising `AssertionError` with a message that says which:
+1. `forward_steps` == `forward` on valid outputs (first output after `delay`), with
+   random parameters; invalid steps emit zeros.
+2. Chunk invariance: the stream split over several `forward_steps` calls.
+3. State shapes/dtypes unchanged by a step and equal to `jax.eval_shape(init_state)`.
+4. `vmap` over streams == a loop over streams; NaN garbage streams do not leak.
+5. `jit` == eager; a second call does not retrace.
+6. `pad_end=True` == `forward` exactly; the stream continues correctly afterwards.
+7. Gradients through `forward` are finite.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cojax.core import Layer, as_spec, forward_steps
+
+Tree = Any
+
+
+def _spec_tree(frame: Any) -> Tree:
+    """A shape tuple, or a pytree of ShapeDtypeStructs/arrays -> ShapeDtypeStruct pytree."""
+    if isinstance(frame, tuple) and all(isinstance(d, int) for d in frame):
+        return jax.ShapeDtypeStruct(frame, jnp.float32)
+    return as_spec(frame)
+
+
+def random_clip(key: jax.Array, frame: Tree, num_frames: int) -> Tree:
+    """Standard normal clip `(T, *frame)` for every leaf of the frame spec."""
+    leaves, treedef = jax.tree_util.tree_flatten(_spec_tree(frame))
+    keys = jax.random.split(key, len(leaves))
+    clips = [jax.random.normal(k, (num_frames, *s.shape), s.dtype) for k, s in zip(keys, leaves)]
+    return jax.tree_util.tree_unflatten(treedef, clips)
+
+
+def _time_slice(tree: Tree, start: int, stop: int | None = None) -> Tree:
+    return jax.tree_util.tree_map(lambda a: a[start:stop], tree)
+
+
+def _first(tree: Tree) -> Tree:
+    return jax.tree_util.tree_map(lambda a: a[0], tree)
+
+
+def _assert_close(actual: Tree, desired: Tree, rtol: float, atol: float, what: str) -> None:
+    a_leaves, a_def = jax.tree_util.tree_flatten(actual)
+    d_leaves, d_def = jax.tree_util.tree_flatten(desired)
+    assert a_def == d_def, f"{what}: output structures differ: {a_def} vs {d_def}"
+    for a, d in zip(a_leaves, d_leaves):
+        a, d = np.asarray(a), np.asarray(d)
+        assert a.shape == d.shape, f"{what}: shapes differ: {a.shape} vs {d.shape}"
+        np.testing.assert_allclose(a, d, rtol=rtol, atol=atol, err_msg=what)
+
+
+def _select_valid(ys: Tree, valid: jax.Array) -> Tree:
+    mask = np.asarray(valid)
+    return jax.tree_util.tree_map(lambda a: np.asarray(a)[mask], ys)
+
+
+def _num_time(tree: Tree) -> int:
+    return jax.tree_util.tree_leaves(tree)[0].shape[0]
+
+
+def _concat(trees: list[Tree]) -> Tree:
+    return jax.tree_util.tree_map(lambda *a: np.concatenate(a, axis=0), *trees)
+
+
+def verify_contract(
+    layer: Layer,
+    frame: Any,
+    *,
+    params: Tree = None,
+    key: int = 0,
+    num_frames: int | None = None,
+    num_streams: int = 3,
+    check_delay: bool = True,
+    check_grad: bool = True,
+    rtol: float = 2e-5,
+    atol: float = 2e-5,
+    make_clip: Callable[[jax.Array, int], Tree] | None = None,
+) -> None:
+    """Check all seven contract properties of `layer` for frames shaped like `frame`.
+
+    `frame`: a shape tuple `(*spatial, C)` (float32) or a pytree of ShapeDtypeStructs.
+    `params`: defaults to `layer.init(key)` (random). `num_frames`: defaults to three
+    receptive fields plus a few strides. `make_clip(key, T)` overrides the random input.
+    """
+    rng = jax.random.PRNGKey(key)
+    k_params, k_clip, k_more, k_streams = jax.random.split(rng, 4)
+    params = layer.init(k_params) if params is None else params
+    spec = _spec_tree(frame)
+    T = num_frames or 3 * layer.receptive_field + 2 * layer.stride + 4
+    clip = make_clip(k_clip, T) if make_clip else random_clip(k_clip, spec, T)
+    more = make_clip(k_more, T) if make_clip else random_clip(k_more, spec, T)
+    name = f"{type(layer).__name__} {layer!r}"[:300]
+
+    with jax.default_matmul_precision("highest"):
+        state0 = layer.init_state(params, spec)
+        ref = layer.forward(params, clip)
+        _check_step_equals_forward(layer, params, state0, clip, ref, name, check_delay, rtol, atol)
+        full = forward_steps(layer, params, state0, clip)
+        _check_chunks(layer, params, state0, clip, full, name, rtol, atol)
+        _check_state_shapes(layer, params, spec, clip, name)
+        _check_vmap(layer, params, spec, k_streams, T, num_streams, name, rtol, atol, make_clip)
+        _check_jit(layer, params, state0, clip, full, name, rtol, atol)
+        _check_pad_end(layer, params, state0, clip, more, ref, name, rtol, atol)
+        if check_grad:
+            _check_grad(layer, params, clip, name)
+
+
+def _check_step_equals_forward(layer, params, state0, clip, ref, name, check_delay, rtol, atol):
+    _, ys, valid = forward_steps(layer, params, state0, clip)
+    valid = np.asarray(valid)
+    assert valid.shape == (_num_time(clip),), f"{name}: valid must be a bool per input frame"
+    n = int(valid.sum())
+    n_ref = _num_time(ref)
+    assert n >= 1, f"{name}: no valid output in {_num_time(clip)} frames; use a longer clip"
+    assert n <= n_ref, f"{name}: steps emitted {n} outputs but forward has only {n_ref}"
+    if check_delay:
+        first = int(np.argmax(valid))
+        assert first == layer.delay, (
+            f"{name}: first valid output at step {first}, but layer.delay = {layer.delay}"
+        )
+    got = _select_valid(ys, valid)
+    _assert_close(got, _time_slice(ref, 0, n), rtol, atol, f"{name}: step != forward")
+    for leaf in jax.tree_util.tree_leaves(ys):
+        invalid = np.asarray(leaf)[~valid]
+        assert np.all(invalid == 0), f"{name}: invalid steps must emit zeros"
+
+
+def _check_chunks(layer, params, state0, clip, full, name, rtol, atol):
+    T = _num_time(clip)
+    cuts = sorted({1, T // 3, T // 3 + 2, T - 1} - {0, T})
+    state, ys_parts, valid_parts, start = state0, [], [], 0
+    for stop in [*cuts, T]:
+        state, ys, valid = forward_steps(layer, params, state, _time_slice(clip, start, stop))
+        ys_parts.append(ys)
+        valid_parts.append(np.asarray(valid))
+        start = stop
+    _, full_ys, full_valid = full
+    np.testing.assert_array_equal(
+        np.concatenate(valid_parts), np.asarray(full_valid), err_msg=f"{name}: chunked validity"
+    )
+    _assert_close(_concat(ys_parts), full_ys, rtol, atol, f"{name}: chunked outputs")
+
+
+def _check_state_shapes(layer, params, spec, clip, name):
+    expected = jax.eval_shape(layer.init_state, params, spec)
+    state = layer.init_state(params, _first(clip))
+    after, _ = layer.step(params, state, _first(clip))
+    for what, tree in (("init_state", state), ("state after step", after)):
+        got = as_spec(tree)
+        assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(expected), (
+            f"{name}: {what} structure differs from eval_shape(init_state)"
+        )
+        for g, e in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(expected)):
+            assert (g.shape, g.dtype) == (e.shape, e.dtype), (
+                f"{name}: {what} leaf {g.shape}/{g.dtype} != {e.shape}/{e.dtype}"
+            )
+
+
+def _check_vmap(layer, params, spec, key, T, num_streams, name, rtol, atol, make_clip):
+    keys = jax.random.split(key, max(num_streams, 2))
+    clips = [make_clip(k, T) if make_clip else random_clip(k, spec, T) for k in keys]
+    garbage = jax.tree_util.tree_map(lambda a: jnp.full_like(a, jnp.nan), clips[0])
+    clips = [clips[0], garbage, *clips[1:]]
+    batch = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *clips)
+    states = jax.vmap(layer.init_state, in_axes=(None, 0))(params, _first_frames(batch))
+
+    def run(s, c):
+        return forward_steps(layer, params, s, c)
+
+    _, ys_b, valid_b = jax.vmap(run)(states, batch)
+    for i, c in enumerate(clips):
+        if i == 1:
+            continue
+        s = layer.init_state(params, _first(c))
+        _, ys, valid = forward_steps(layer, params, s, c)
+        np.testing.assert_array_equal(np.asarray(valid_b[i]), np.asarray(valid))
+        got = jax.tree_util.tree_map(lambda a, i=i: a[i], ys_b)
+        _assert_close(got, ys, rtol, atol, f"{name}: vmap stream {i} != single stream")
+        for leaf in jax.tree_util.tree_leaves(got):
+            assert np.all(np.isfinite(np.asarray(leaf))), f"{name}: NaN leaked across streams"
+
+
+def _first_frames(batch: Tree) -> Tree:
+    return jax.tree_util.tree_map(lambda a: a[:, 0], batch)
+
+
+def _check_jit(layer, params, state0, clip, full, name, rtol, atol):
+    traces = []
+
+    def run(p, s, c):
+        traces.append(1)
+        return forward_steps(layer, p, s, c)
+
+    jitted = jax.jit(run)
+    out = jitted(params, state0, clip)
+    out2 = jitted(params, state0, jax.tree_util.tree_map(lambda a: a + 0.0, clip))
+    assert len(traces) == 1, f"{name}: jit retraced on a second call with the same shapes"
+    for a, b in ((out[1], full[1]), (out2[1], full[1])):
+        _assert_close(a, b, rtol, atol, f"{name}: jit != eager")
+    np.testing.assert_array_equal(np.asarray(out[2]), np.asarray(full[2]))
+    step_traces = []
+
+    def one_step(p, s, x):
+        step_traces.append(1)
+        return layer.step(p, s, x)
+
+    jstep = jax.jit(one_step)
+    s, _ = jstep(params, state0, _first(clip))
+    jstep(params, s, _first(clip))
+    assert len(step_traces) == 1, f"{name}: jitted step retraced on its own output state"
+
+
+def _check_pad_end(layer, params, state0, clip, more, ref, name, rtol, atol):
+    state, ys, valid = forward_steps(layer, params, state0, clip, pad_end=True)
+    got = _select_valid(ys, valid)
+    n, n_ref = _num_time(got), _num_time(ref)
+    assert n == n_ref, f"{name}: pad_end=True emitted {n} outputs, forward has {n_ref}"
+    _assert_close(got, ref, rtol, atol, f"{name}: pad_end=True != forward")
+    # The stream goes on after pad_end: same as never having padded.
+    _, ys_c, valid_c = forward_steps(layer, params, state, more)
+    both = _concat([clip, more])
+    _, ys_all, valid_all = forward_steps(layer, params, state0, both)
+    T = _num_time(clip)
+    np.testing.assert_array_equal(np.asarray(valid_c), np.asarray(valid_all)[T:])
+    _assert_close(ys_c, _time_slice(ys_all, T), rtol, atol, f"{name}: stream after pad_end")
+
+
+def _check_grad(layer, params, clip, name):
+    def loss(p, c):
+        out = layer.forward(p, c)
+        return sum(jnp.sum(jnp.square(o)) for o in jax.tree_util.tree_leaves(out))
+
+    g_params, g_clip = jax.grad(loss, argnums=(0, 1))(params, clip)
+    for g in jax.tree_util.tree_leaves((g_params, g_clip)):
+        if jnp.issubdtype(g.dtype, jnp.floating):
+            assert np.all(np.isfinite(np.asarray(g))), f"{name}: non-finite gradient"
