@@ -13,3 +13,27 @@ from cojax.core import (
 from cojax.layers.delay import Delay, Skip
 
 __version__ = "0.1.0"
+from cojax.containers import (
+    Broadcast,
+    BroadcastReduce,
+    Conditional,
+    Parallel,
+    ParallelDispatch,
+    Reduce,
+    Residual,
+    Sequential,
+)
+from cojax.flops import clip_flops, flops
+from cojax.layers.pool import (
+    AdaptiveAvgPool2d,
+    AdaptiveAvgPool3d,
+    AdaptiveMaxPool2d,
+    AdaptiveMaxPool3d,
+    AvgPool1d,
+    AvgPool2d,
+    AvgPool3d,
+    MaxPool1d,
+    MaxPool2d,
+    MaxPool3d,
+)
+from cojax.streams import init_streams, step_streams

@@ -1,0 +1,182 @@
+"""`Sequential`: layers in a chain, with their delays, strides and paddings composed."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from cojax.core import Layer, as_spec, check_config, masked_step, stack_time
+
+Children = tuple[tuple[str, Layer], ...]
+
+
+def named_children(layers: Sequence[Any], owner: str) -> Children:
+    """`(layer, ...)` or `({name: layer},)` -> `((name, layer), ...)`, checked."""
+    if len(layers) == 1 and isinstance(layers[0], Mapping):
+        pairs = tuple((str(k), v) for k, v in layers[0].items())
+    else:
+        pairs = tuple((str(i), v) for i, v in enumerate(layers))
+    for name, layer in pairs:
+        if not isinstance(layer, Layer):
+            raise TypeError(
+                f"{owner}: child {name!r} is a {type(layer).__name__}, not a cojax layer. "
+                "Wrap plain functions in co.Lambda(fn); convert torch modules with "
+                "conversion.from_continual."
+            )
+    if len({n for n, _ in pairs}) != len(pairs):
+        raise ValueError(f"{owner}: child names must be unique, got {[n for n, _ in pairs]}.")
+    return pairs
+
+
+def init_children(children: Children, key: jax.Array) -> dict:
+    keys = jax.random.split(key, max(len(children), 1))
+    return {name: layer.init(k) for (name, layer), k in zip(children, keys)}
+
+
+@dataclasses.dataclass(frozen=True, init=False)
+class Sequential(Layer):
+    """Apply layers one after another: `Sequential(a, b, c)` or `Sequential({"a": a})`.
+
+    Params and state are dicts keyed by child name. A child's invalid outputs (before
+    its delay, between strided outputs) never reach the children after it.
+    Composition (specs/continual-inference.md): stride = Π s_i,
+    padding = p_0 + Σ_i p_i Π_{j<i} s_j, receptive field folded from the last child
+    backwards (rf = s_i·rf + rf_i − s_i), delay = Σ_i d_i Π_{j<i} s_j (which equals
+    rf − 1 − padding whenever each child's delay does).
+    """
+
+    children: Children
+
+    def __init__(self, *layers: Any):
+        children = named_children(layers, "Sequential")
+        object.__setattr__(self, "children", _infer_broadcasts(children))
+
+    def __getitem__(self, index: int | str) -> Layer:
+        if isinstance(index, str):
+            return dict(self.children)[index]
+        return self.children[index][1]
+
+    def __len__(self) -> int:
+        return len(self.children)
+
+    # --- static metadata --------------------------------------------------------
+    @property
+    def stride(self) -> int:
+        s = 1
+        for _, layer in self.children:
+            s *= layer.stride
+        return s
+
+    @property
+    def padding(self) -> int:
+        p, s = 0, 1
+        for _, layer in self.children:
+            p += layer.padding * s
+            s *= layer.stride
+        return p
+
+    @property
+    def receptive_field(self) -> int:
+        if not self.children:
+            return 1
+        layers = [layer for _, layer in self.children]
+        rf = layers[-1].receptive_field
+        for layer in reversed(layers[:-1]):
+            rf = layer.stride * rf + layer.receptive_field - layer.stride
+        return rf
+
+    @property
+    def delay(self) -> int:
+        d, s = 0, 1
+        for _, layer in self.children:
+            d += layer.delay * s
+            s *= layer.stride
+        return d
+
+    # --- contract -------------------------------------------------------------
+    def init(self, key):
+        return init_children(self.children, key)
+
+    def check_frame(self, frame):
+        if self.children:
+            self.children[0][1].check_frame(frame)
+
+    def forward(self, params, clip):
+        for name, layer in self.children:
+            clip = layer.forward(params[name], clip)
+        return clip
+
+    def input_specs(self, params, frame) -> list:
+        """ShapeDtypeStruct of each child's input frame."""
+        specs, spec = [], as_spec(frame)
+        for name, layer in self.children:
+            specs.append(spec)
+            spec = layer.output_spec(params[name], spec)
+        return specs
+
+    def init_state(self, params, frame):
+        self.check_frame(frame)
+        specs = self.input_specs(params, frame)
+        return {
+            name: layer.init_state(params[name], spec)
+            for (name, layer), spec in zip(self.children, specs)
+        }
+
+    def step(self, params, state, frame):
+        new_state, x, valid = {}, frame, jnp.ones((), bool)
+        for i, (name, layer) in enumerate(self.children):
+            if i == 0:
+                new_state[name], (x, valid) = layer.step(params[name], state[name], x)
+            else:
+                new_state[name], (x, valid) = masked_step(
+                    layer, params[name], state[name], x, valid
+                )
+        return new_state, (x, valid)
+
+    def flush(self, params, state, frame):
+        # Child i's end padding releases outputs that flow through children i+1..n;
+        # then child i+1 pads its own end, from its state after those outputs.
+        specs = self.input_specs(params, frame)
+        states = dict(state)
+        parts = []
+        for i, (name, layer) in enumerate(self.children):
+            ys, valid = layer.flush(params[name], states[name], specs[i])
+            rest = self.children[i + 1 :]
+            if rest:
+                rest_states, (ys, valid) = _scan_chain(rest, params, states, ys, valid)
+                states.update(rest_states)
+            parts.append((ys, valid))
+        return stack_time([p[0] for p in parts]), jnp.concatenate([p[1] for p in parts])
+
+
+def _scan_chain(children: Children, params, states, ys, valid):
+    def body(sts, inputs):
+        x, v = inputs
+        sts = dict(sts)
+        for name, layer in children:
+            sts[name], (x, v) = masked_step(layer, params[name], sts[name], x, v)
+        return sts, (x, v)
+
+    init = {name: states[name] for name, _ in children}
+    return jax.lax.scan(body, init, (ys, valid))
+
+
+def _infer_broadcasts(children: Children) -> Children:
+    """Give a `Broadcast()` without a stream count the width of the next `Parallel`."""
+    from cojax.containers.parallel import Broadcast, Parallel
+
+    out = list(children)
+    for i, (name, layer) in enumerate(out):
+        if isinstance(layer, Broadcast) and layer.num_streams is None:
+            nxt = out[i + 1][1] if i + 1 < len(out) else None
+            check_config(
+                isinstance(nxt, Parallel),
+                layer,
+                "num_streams is not given and the next layer is not a Parallel to infer it from.",
+            )
+            out[i] = (name, Broadcast(len(nxt.children)))
+    return tuple(out)

@@ -1,0 +1,51 @@
+"""Many streams at once: vmap a layer's step over N streams, with per-stream resets."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from cojax.core import Array, Layer, Params, PyTree, State, as_spec, check_config
+
+
+def init_streams(layer: Layer, params: Params, frame: PyTree, num_streams: int) -> State:
+    """Fresh states for `num_streams` streams (leading axis N on every leaf).
+
+    `frame` describes ONE stream's frame `(*spatial, C)` (array or ShapeDtypeStruct).
+    """
+    check_config(num_streams >= 1, layer, f"num_streams must be >= 1, got {num_streams}.")
+    one = layer.init_state(params, as_spec(frame))
+    return jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (num_streams, *a.shape)), one)
+
+
+def _reset_mask(reset: Array, leaf: Array) -> Array:
+    return reset.reshape(reset.shape + (1,) * (leaf.ndim - 1))
+
+
+def step_streams(
+    layer: Layer,
+    params: Params,
+    states: State,
+    frames: PyTree,
+    reset: Array | None = None,
+) -> tuple[State, tuple[PyTree, Array]]:
+    """One step of N streams: `frames` `(N, *spatial, C)` -> `(states, (ys, valid))`.
+
+    `reset` (bool `(N,)`) re-initialises the selected streams' state before this
+    frame, so the frame starts a new stream there; the other streams are untouched.
+    Pure and jit-able; params are shared by all streams.
+    """
+    n = jax.tree_util.tree_leaves(frames)[0].shape[0]
+    if reset is not None:
+        reset = jnp.asarray(reset)
+        if reset.shape != (n,) or reset.dtype != jnp.bool_:
+            raise ValueError(
+                f"step_streams: reset must be a bool array of shape ({n},), "
+                f"got {reset.dtype}{tuple(reset.shape)}."
+            )
+        spec = jax.tree_util.tree_map(lambda f: jax.ShapeDtypeStruct(f.shape[1:], f.dtype), frames)
+        fresh = layer.init_state(params, spec)
+        states = jax.tree_util.tree_map(
+            lambda s, f: jnp.where(_reset_mask(reset, s), f[None], s), states, fresh
+        )
+    return jax.vmap(layer.step, in_axes=(None, 0, 0))(params, states, frames)
