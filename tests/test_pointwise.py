@@ -1,7 +1,5 @@
 """Per-frame layers: Linear, activations, norms, dropout — contract and torch parity."""
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from cojax.core import Layer
+from cojax.containers import Parallel
 from cojax.layers import pointwise as pw
 from cojax.layers.linear import Linear
 from cojax.testing import verify_contract
@@ -193,34 +191,6 @@ def test_param_layer_matches_torch(case):
     check_against_torch(layer, params, module, (T, *frame), layout)
 
 
-@dataclasses.dataclass(frozen=True)
-class Bundle(Layer):
-    """Test helper: delay-0 layers side by side, member i on frame i; outputs a tuple.
-
-    `verify_contract(Bundle(layers), frames)` runs every member's own `init_state`,
-    `step` and `forward` through all the contract checks with one set of compilations
-    (XLA:CPU compiles dominate the harness's run time). A mismatch or NaN gradient in
-    any member fails the bundle; run `verify_contract` on a member alone to debug.
-    """
-
-    layers: tuple
-
-    def init(self, key):
-        keys = jax.random.split(key, len(self.layers))
-        return tuple(layer.init(k) for layer, k in zip(self.layers, keys))
-
-    def init_state(self, params, frame):
-        return tuple(m.init_state(p, f) for m, p, f in zip(self.layers, params, frame))
-
-    def forward(self, params, clip):
-        return tuple(m.forward(p, c) for m, p, c in zip(self.layers, params, clip))
-
-    def step(self, params, state, frame):
-        outs = [m.step(p, s, f) for m, p, s, f in zip(self.layers, params, state, frame)]
-        valid = jnp.all(jnp.stack([v for _, (_, v) in outs]))
-        return tuple(s for s, _ in outs), (tuple(y for _, (y, _) in outs), valid)
-
-
 @pytest.mark.parametrize("group", ["activations", "with-params"])
 def test_contract_of_every_layer(group):
     """verify_contract for every activation and dropout, and every Linear and norm with
@@ -231,10 +201,11 @@ def test_contract_of_every_layer(group):
     else:
         cases = [(layer, frame, random_params(layer)) for layer, frame in PARAM_CASES.values()]
     assert all(layer.delay == 0 and layer.receptive_field == 1 for layer, _, _ in cases)
-    bundle = Bundle(tuple(layer for layer, _, _ in cases))
+    # All members side by side as one Parallel: one set of compilations for the lot.
+    layers = Parallel(*[layer for layer, _, _ in cases], auto_delay=False)
     frames = tuple(jax.ShapeDtypeStruct(frame, jnp.float32) for _, frame, _ in cases)
-    params = tuple(p for _, _, p in cases)
-    verify_contract(bundle, frames, params=params, num_frames=5, num_streams=2)
+    params = {str(i): p for i, (_, _, p) in enumerate(cases)}
+    verify_contract(layers, frames, params=params, num_frames=5, num_streams=2)
 
 
 def test_contract_of_one_layer_alone():
