@@ -1,0 +1,414 @@
+"""Continual convolutions `Conv1d`, `Conv2d`, `Conv3d` (time is the first torch axis).
+
+One generic layer over 0, 1 or 2 spatial dimensions. For ONE stream, channels-last:
+clip `(T, *spatial, C_in)`, frame `(*spatial, C_in)`; `Conv1d` frames are `(C,)`,
+`Conv2d` frames `(W, C)`, `Conv3d` frames `(H, W, C)`. Beyond the reference: temporal
+dilation (receptive field `d_t * (k_t - 1) + 1`, every `d_t`-th frame of the window).
+
+The state is a ring of the last `receptive_field - 1` input frames (`WindowState`,
+stored spatially padded). A step appends the new frame and runs one *window kernel*
+`(k_t frames) -> output frame`. The clip `forward` takes the k_t strided temporal views
+of the padded clip and runs the SAME kernel batched over all T_out windows, so the clip
+path costs per output what a step costs. The kernel is chosen per configuration
+(measurements: specs/performance.md and experiments/bench_conv_kernels.py):
+
+- "depthwise" (groups == in_channels > 1): shifted slices x per-channel weights, summed;
+  XLA fuses it into one loop (lax.conv with feature_group_count=C is ~100x slower on CPU).
+- "pointwise" (every spatial kernel size 1, incl. all of Conv1d): one einsum over the
+  taps folded into channels, `(..., k_t * C_in) @ (k_t * C_in, C_out)` (per group).
+- "dense" (everything else): the k_t taps folded into channels (each group contiguous)
+  and ONE spatial `lax.conv_general_dilated` (2D for Conv3d, 1D for Conv2d) per group.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from collections.abc import Sequence
+from typing import ClassVar
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from cojax.core import (
+    Array,
+    Layer,
+    Params,
+    advance_counter,
+    as_spec,
+    check_array,
+    check_config,
+    empty_outputs,
+    scan_fill,
+    zero_unless,
+)
+from cojax.layers.window import (
+    TEMPORAL_FILLS,
+    WindowState,
+    end_fill_frame,
+    init_window,
+    push_window,
+)
+
+PADDING_MODES = ("zeros", "replicate")
+KERNEL_PATHS = ("depthwise", "pointwise", "dense")
+_FRAME_LAYOUTS = {0: "(C,)", 1: "(W, C)", 2: "(H, W, C)"}
+_SPATIAL_LETTERS = "DHW"
+_MAX_SPLIT_GROUPS = 16  # dense groups up to this run as separate convs
+
+
+def _tuple(value: int | Sequence[int], n: int, what: str, layer_name: str) -> tuple[int, ...]:
+    """An int or a length-`n` sequence of ints -> a tuple of `n` ints."""
+    if isinstance(value, int):
+        return (value,) * n
+    value = tuple(value)
+    if len(value) != n or not all(isinstance(v, int) for v in value):
+        raise ValueError(f"{layer_name}: {what} must be an int or {n} ints, got {value!r}.")
+    return value
+
+
+@dataclasses.dataclass(frozen=True, init=False)
+class _ConvNd(Layer):
+    """Continual N-d convolution; `num_spatial` is the number of non-temporal dims.
+
+    Tuples (`kernel_size`, `stride_nd`, `padding_nd`, `dilation_nd`) are temporal first.
+    params: {"kernel": (k_t, *k_spatial, C_in // groups, C_out), "bias": (C_out,)}.
+    Temporal padding of `forward` follows `temporal_fill` (start: zeros or the first
+    frame; end: zeros or the last frame) so `forward` == `step`; spatial padding follows
+    `padding_mode`.
+    """
+
+    num_spatial: ClassVar[int] = 0
+
+    in_channels: int
+    out_channels: int
+    kernel_size: tuple[int, ...]
+    stride_nd: tuple[int, ...]
+    padding_nd: tuple[int, ...]
+    dilation_nd: tuple[int, ...]
+    groups: int
+    bias: bool
+    padding_mode: str
+    temporal_fill: str
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | Sequence[int],
+        stride: int | Sequence[int] = 1,
+        padding: int | Sequence[int] = 0,
+        dilation: int | Sequence[int] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        temporal_fill: str = "zeros",
+    ):
+        n = self.num_spatial + 1
+        name = type(self).__name__
+        values = dict(
+            in_channels=in_channels,
+            out_channels=out_channels,
+            kernel_size=_tuple(kernel_size, n, "kernel_size", name),
+            stride_nd=_tuple(stride, n, "stride", name),
+            padding_nd=_tuple(padding, n, "padding", name),
+            dilation_nd=_tuple(dilation, n, "dilation", name),
+            groups=groups,
+            bias=bool(bias),
+            padding_mode=padding_mode,
+            temporal_fill=temporal_fill,
+        )
+        for field, value in values.items():
+            object.__setattr__(self, field, value)
+        self._check_config()
+
+    def _check_config(self) -> None:
+        for what in ("in_channels", "out_channels", "groups"):
+            v = getattr(self, what)
+            check_config(isinstance(v, int) and v > 0, self, f"{what} must be > 0, got {v!r}.")
+        check_config(
+            self.in_channels % self.groups == 0,
+            self,
+            f"in_channels ({self.in_channels}) must be divisible by groups ({self.groups}).",
+        )
+        check_config(
+            self.out_channels % self.groups == 0,
+            self,
+            f"out_channels ({self.out_channels}) must be divisible by groups ({self.groups}).",
+        )
+        check_config(
+            min(self.kernel_size) >= 1, self, f"kernel_size must be >= 1: {self.kernel_size}"
+        )
+        check_config(min(self.stride_nd) >= 1, self, f"stride must be >= 1: {self.stride_nd}")
+        check_config(min(self.dilation_nd) >= 1, self, f"dilation must be >= 1: {self.dilation_nd}")
+        check_config(min(self.padding_nd) >= 0, self, f"padding must be >= 0: {self.padding_nd}")
+        check_config(
+            self.padding_mode in PADDING_MODES,
+            self,
+            f"padding_mode must be one of {PADDING_MODES}, got {self.padding_mode!r}.",
+        )
+        check_config(
+            self.temporal_fill in TEMPORAL_FILLS,
+            self,
+            f"temporal_fill must be one of {TEMPORAL_FILLS}, got {self.temporal_fill!r}.",
+        )
+        check_config(
+            self.padding <= self.receptive_field - 1,
+            self,
+            f"temporal padding {self.padding} exceeds receptive_field - 1 = "
+            f"{self.receptive_field - 1} (kernel {self.kernel_size[0]}, dilation "
+            f"{self.dilation_nd[0]}); a continual layer cannot emit outputs before its "
+            "first input frame. Use padding <= dilation * (kernel_size - 1).",
+        )
+
+    # --- static temporal metadata ------------------------------------------------
+    @property
+    def receptive_field(self) -> int:
+        return self.dilation_nd[0] * (self.kernel_size[0] - 1) + 1
+
+    @property
+    def stride(self) -> int:
+        return self.stride_nd[0]
+
+    @property
+    def padding(self) -> int:
+        return self.padding_nd[0]
+
+    @property
+    def kernel_path(self) -> str:
+        """Which window kernel this configuration runs: one of `KERNEL_PATHS`."""
+        if self.groups == self.in_channels and self.groups > 1:
+            return "depthwise"
+        if all(k == 1 for k in self.kernel_size[1:]):
+            return "pointwise"
+        return "dense"
+
+    # --- parameters and state ----------------------------------------------------
+    def init(self, key: Array) -> Params:
+        """torch's default: uniform(+-1/sqrt(fan_in)) for kernel and bias."""
+        c_in = self.in_channels // self.groups
+        fan_in = c_in * math.prod(self.kernel_size)
+        bound = 1.0 / math.sqrt(fan_in)
+        k_kernel, k_bias = jax.random.split(key)
+        shape = (*self.kernel_size, c_in, self.out_channels)
+        params = {"kernel": jax.random.uniform(k_kernel, shape, jnp.float32, -bound, bound)}
+        if self.bias:
+            params["bias"] = jax.random.uniform(
+                k_bias, (self.out_channels,), jnp.float32, -bound, bound
+            )
+        return params
+
+    def check_frame(self, frame) -> None:
+        layout = _FRAME_LAYOUTS.get(self.num_spatial, "(*spatial, C)")
+        check_array(
+            self, frame, ndim=self.num_spatial + 1, channels=self.in_channels, layout=layout
+        )
+        spatial = tuple(frame.shape[:-1])
+        out = self._spatial_out(spatial)
+        if any(o < 1 for o in out):
+            raise ValueError(
+                f"{type(self).__name__}: frame spatial size {spatial} is too small for "
+                f"kernel {self.kernel_size[1:]}, dilation {self.dilation_nd[1:]} and "
+                f"padding {self.padding_nd[1:]} (output size {out})."
+            )
+
+    def _spatial_out(self, spatial: Sequence[int]) -> tuple[int, ...]:
+        return self._out_size([n + 2 * p for n, p in zip(spatial, self.padding_nd[1:])])
+
+    def init_state(self, params: Params, frame) -> WindowState:
+        """A ring of the last `receptive_field - 1` frames, stored spatially padded."""
+        self.check_frame(frame)
+        return init_window(self.receptive_field - 1, self._padded_spec(frame))
+
+    def _padded_spec(self, frame) -> jax.ShapeDtypeStruct:
+        return jax.eval_shape(lambda x: self._pad_spatial(x[None])[0], as_spec(frame))
+
+    # --- computation -----------------------------------------------------------
+    def forward(self, params: Params, clip: Array) -> Array:
+        """The torch convolution on a whole clip `(T, *spatial, C_in)` -> `(T_out, ..., C_out)`."""
+        self.check_clip(clip)
+        s, d, k = self.stride, self.dilation_nd[0], self.kernel_size[0]
+        clip = self._pad_spatial(self._pad_time(clip))  # (no-op where the conv pads)
+        t_out = max(0, (clip.shape[0] - self.receptive_field) // s + 1)
+        if t_out == 0:
+            one = [jax.ShapeDtypeStruct((1, *clip.shape[1:]), clip.dtype)] * k
+            spec = jax.eval_shape(self._kernel, params, one)
+            return jnp.zeros((0, *spec.shape[1:]), spec.dtype)
+        # Tap j of output t is padded frame t * s + j * d: k strided views of the clip.
+        taps = [clip[j * d : j * d + (t_out - 1) * s + 1 : s] for j in range(k)]
+        return self._kernel(params, taps)
+
+    def step(self, params: Params, state: WindowState, frame: Array):
+        self.check_frame(frame)
+        # The ring holds padded frames: each frame is padded once, and the kernel reads
+        # the ring in place (2x faster at 64 streams than padding the window each step).
+        window, frames = push_window(state, self._pad_spatial(frame[None])[0], self.temporal_fill)
+        d = self.dilation_nd[0]
+        y = self._kernel(params, [window[j * d : j * d + 1] for j in range(self.kernel_size[0])])
+        y = y[0]
+        valid, count = advance_counter(state.count, self.delay, self.stride)
+        return WindowState(frames=frames, count=count), (zero_unless(valid, y), valid)
+
+    def flush(self, params: Params, state: WindowState, frame):
+        if self.padding == 0:
+            return empty_outputs(self, params, state, frame)
+        fill = end_fill_frame(state, self._padded_spec(frame), self.temporal_fill)
+        return scan_fill(self, params, state, self._unpad(fill), self.padding)
+
+    def _unpad(self, x: Array) -> Array:
+        """Inverse of `_pad_spatial` for one stored frame `(*spatial_padded, C)`."""
+        pads = self.padding_nd[1:]
+        if self._conv_pads or not any(pads):
+            return x
+        return x[tuple(slice(p, x.shape[i] - p) for i, p in enumerate(pads))]
+
+    def _pad_time(self, clip: Array) -> Array:
+        """Temporal padding of `forward`: `temporal_fill`, the same fill as the steps.
+
+        The reference (continual-inference 1.2.4) pads time in `forward` with
+        `padding_mode` but fills its step state with `temporal_fill`, so its forward and
+        steps differ when the two disagree; here both follow `temporal_fill`.
+        """
+        p = self.padding
+        if p == 0:
+            return clip
+        if self.temporal_fill == "replicate":
+            start = jnp.broadcast_to(clip[:1], (p, *clip.shape[1:]))
+            end = jnp.broadcast_to(clip[-1:], (p, *clip.shape[1:]))
+        else:
+            start = end = jnp.zeros((p, *clip.shape[1:]), clip.dtype)
+        return jnp.concatenate([start, clip, end], axis=0)
+
+    @property
+    def _conv_pads(self) -> bool:
+        """Whether the dense kernel's lax.conv applies the (zeros) spatial padding.
+
+        Measured (jax 0.10.2, CPU): XLA's default conv with the padding inside stays at
+        ~0.45 ms per 28x28x96->32 frame at any batch, on a pre-padded input it degrades
+        to ~2 ms per frame from batch 16 on; so zero padding is left to the conv.
+        """
+        return self.kernel_path == "dense" and self.padding_mode == "zeros"
+
+    def _pad_spatial(self, x: Array) -> Array:
+        """Spatial padding of `x (B, *spatial, C)` before the kernel (unless the conv pads)."""
+        pads = [(0, 0), *((p, p) for p in self.padding_nd[1:]), (0, 0)]
+        if self._conv_pads or not any(p for p, _ in pads):
+            return x
+        mode = "edge" if self.padding_mode == "replicate" else "constant"
+        return jnp.pad(x, pads, mode=mode)
+
+    # --- window kernels -----------------------------------------------------------
+    # `taps`: the k_t window frames after `_pad_spatial`, each `(B, *spatial, C_in)` with
+    # B = 1 for a step and T_out for a clip -> `(B, *spatial_out, C_out)`.
+    def _kernel(self, params: Params, taps: list[Array]) -> Array:
+        kernel = params["kernel"].astype(taps[0].dtype)
+        if self.kernel_path == "depthwise":
+            y = self._depthwise(kernel, taps)
+        elif self.kernel_path == "pointwise":
+            y = self._pointwise(kernel, taps)
+        else:
+            y = self._dense(kernel, taps)
+        if self.bias:
+            y = y + params["bias"].astype(y.dtype)
+        return y
+
+    def _out_size(self, padded: Sequence[int]) -> tuple[int, ...]:
+        """Spatial output size of an already padded input."""
+        dims = zip(padded, self.kernel_size[1:], self.stride_nd[1:], self.dilation_nd[1:])
+        return tuple((n - d * (k - 1) - 1) // s + 1 for n, k, s, d in dims)
+
+    def _shift(self, x: Array, offsets: Sequence[int]) -> Array:
+        """`x (B, *padded, C)` read at spatial kernel offsets: `(B, *spatial_out, C)`."""
+        out = self._out_size(x.shape[1:-1])
+        start = [o * d for o, d in zip(offsets, self.dilation_nd[1:])]
+        limit = [a + (n - 1) * s + 1 for a, n, s in zip(start, out, self.stride_nd[1:])]
+        return lax.slice(
+            x, [0, *start, 0], [x.shape[0], *limit, x.shape[-1]], [1, *self.stride_nd[1:], 1]
+        )
+
+    def _fold(self, taps: list[Array]) -> Array:
+        """Taps -> channels `(B, *S, g * k_t * c_in)`, each group's channels contiguous."""
+        if len(taps) == 1:
+            return taps[0]
+        g = self.groups
+        x = jnp.stack([t.reshape(*t.shape[:-1], g, -1) for t in taps], axis=-2)
+        return x.reshape(*x.shape[:-3], -1)
+
+    def _folded_kernel(self, kernel: Array) -> Array:
+        """`(k_t, *ks, c_in, C_out)` -> `(*ks, k_t * c_in, C_out)` matching `_fold`."""
+        n = self.num_spatial
+        return jnp.moveaxis(kernel, 0, n).reshape(*kernel.shape[1 : n + 1], -1, kernel.shape[-1])
+
+    def _depthwise(self, kernel: Array, taps: list[Array]) -> Array:
+        """Shifted slices x per-channel weights, summed (one fused loop in XLA)."""
+        mult = self.out_channels // self.in_channels
+        acc = None
+        for j, tap in enumerate(taps):
+            for offsets in itertools.product(*(range(k) for k in self.kernel_size[1:])):
+                x = self._shift(tap, offsets)
+                w = kernel[(j, *offsets, 0)]  # (C_out,); output o reads input o // mult
+                if mult > 1:
+                    x = (x[..., :, None] * w.reshape(-1, mult)).reshape(*x.shape[:-1], -1)
+                else:
+                    x = x * w
+                acc = x if acc is None else acc + x
+        return acc
+
+    def _pointwise(self, kernel: Array, taps: list[Array]) -> Array:
+        """Spatial kernel 1: a (grouped) contraction over (k_t, c_in) of the folded taps."""
+        g = self.groups
+        x = self._fold([self._shift(t, [0] * self.num_spatial) for t in taps])
+        w = self._folded_kernel(kernel).reshape(-1, g, self.out_channels // g)
+        if g == 1:
+            return jnp.einsum("...i,io->...o", x, w[:, 0])
+        x = x.reshape(*x.shape[:-1], g, -1)
+        y = jnp.einsum("...gi,igo->...go", x, w)
+        return y.reshape(*y.shape[:-2], self.out_channels)
+
+    def _dense(self, kernel: Array, taps: list[Array]) -> Array:
+        """Temporal taps folded into channels + ONE spatial conv (2D for Conv3d) per group.
+
+        A few groups run as separate convs, concatenated: on CPU that is 2-10x faster than
+        lax.conv with feature_group_count (measured, groups 2-8).
+        """
+        x, w = self._fold(taps), self._folded_kernel(kernel)
+        g = self.groups
+        if 1 < g <= _MAX_SPLIT_GROUPS:
+            pairs = zip(jnp.split(x, g, axis=-1), jnp.split(w, g, axis=-1))
+            return jnp.concatenate([self._conv(xg, wg, 1) for xg, wg in pairs], axis=-1)
+        return self._conv(x, w, g)
+
+    def _conv(self, x: Array, w: Array, groups: int) -> Array:
+        letters = _SPATIAL_LETTERS[-self.num_spatial :]
+        dims = lax.conv_dimension_numbers(
+            x.shape, w.shape, (f"N{letters}C", f"{letters}IO", f"N{letters}C")
+        )
+        return lax.conv_general_dilated(
+            x,
+            w,
+            window_strides=self.stride_nd[1:],
+            padding=[(p, p) if self._conv_pads else (0, 0) for p in self.padding_nd[1:]],
+            rhs_dilation=self.dilation_nd[1:],
+            dimension_numbers=dims,
+            feature_group_count=groups,
+        )
+
+
+class Conv1d(_ConvNd):
+    """Continual 1D convolution over time. Frame `(C_in,)`, clip `(T, C_in)`."""
+
+    num_spatial: ClassVar[int] = 0
+
+
+class Conv2d(_ConvNd):
+    """Continual 2D convolution over (time, width). Frame `(W, C_in)`, clip `(T, W, C_in)`."""
+
+    num_spatial: ClassVar[int] = 1
+
+
+class Conv3d(_ConvNd):
+    """Continual 3D convolution over (time, height, width). Frame `(H, W, C_in)`, clip `(T, H, W, C_in)`."""
+
+    num_spatial: ClassVar[int] = 2
