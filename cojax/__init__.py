@@ -1,18 +1,10 @@
-"""cojax: Continual Inference Networks in JAX."""
+"""cojax: Continual Inference Networks in JAX.
 
-from cojax.core import (
-    Counter,
-    FrameLayer,
-    Layer,
-    NoState,
-    as_spec,
-    forward_steps,
-    masked_step,
-    valid_outputs,
-)
-from cojax.layers.delay import Delay, Skip
+Every layer keeps one contract (see `cojax.core`): `init`, `forward` on a clip,
+`init_state` / `step` on frames, and static `delay`, `receptive_field`, `stride`,
+`padding`. `cojax.testing.verify_contract` checks it for any layer.
+"""
 
-__version__ = "0.1.0"
 from cojax.containers import (
     Broadcast,
     BroadcastReduce,
@@ -23,7 +15,64 @@ from cojax.containers import (
     Residual,
     Sequential,
 )
+from cojax.core import (
+    Counter,
+    FrameLayer,
+    Layer,
+    NoState,
+    as_spec,
+    forward_steps,
+    masked_step,
+    valid_outputs,
+)
 from cojax.flops import clip_flops, flops
+from cojax.layers.closure import Add, Constant, Identity, Lambda, Multiply, One, Reshape, Zero
+from cojax.layers.conv import Conv1d, Conv2d, Conv3d
+from cojax.layers.delay import Delay, Skip
+from cojax.layers.linear import Linear
+from cojax.layers.pointwise import (
+    CELU,
+    ELU,
+    GELU,
+    GLU,
+    SELU,
+    Activation,
+    AlphaDropout,
+    BatchNorm,
+    BatchNorm1d,
+    BatchNorm2d,
+    BatchNorm3d,
+    Dropout,
+    Dropout1d,
+    Dropout2d,
+    Dropout3d,
+    FeatureAlphaDropout,
+    GroupNorm,
+    Hardshrink,
+    Hardsigmoid,
+    Hardswish,
+    Hardtanh,
+    LayerNorm,
+    LeakyReLU,
+    LogSigmoid,
+    LogSoftmax,
+    Mish,
+    PReLU,
+    ReLU,
+    ReLU6,
+    RReLU,
+    Sigmoid,
+    SiLU,
+    Softmax,
+    Softmax2d,
+    Softmin,
+    Softplus,
+    Softshrink,
+    Softsign,
+    Tanh,
+    Tanhshrink,
+    Threshold,
+)
 from cojax.layers.pool import (
     AdaptiveAvgPool2d,
     AdaptiveAvgPool3d,
@@ -36,4 +85,7 @@ from cojax.layers.pool import (
     MaxPool2d,
     MaxPool3d,
 )
+from cojax.layers.recurrent import GRU, LSTM, RNN, LSTMState, RNNState
 from cojax.streams import init_streams, step_streams
+
+__version__ = "0.1.0"
