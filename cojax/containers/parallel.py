@@ -11,7 +11,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from cojax.containers.sequential import Children, Sequential, init_children, named_children
+from cojax.containers.sequential import Children, Container, Sequential, named_children
 from cojax.core import FrameLayer, Layer, as_spec, check_config, layer_name
 from cojax.layers.delay import Delay, Skip
 
@@ -64,18 +64,10 @@ def pad_time(ys, valid, length: int):
     return ys, jnp.concatenate([valid, jnp.zeros((extra,), bool)])
 
 
-class _Branches(Layer):
+class _Branches(Container):
     """Shared behaviour of containers that run `children` side by side."""
 
     children: Children
-
-    def __getitem__(self, index: int | str) -> Layer:
-        if isinstance(index, str):
-            return dict(self.children)[index]
-        return self.children[index][1]
-
-    def __len__(self) -> int:
-        return len(self.children)
 
     @property
     def stride(self) -> int:
@@ -92,9 +84,6 @@ class _Branches(Layer):
     @property
     def padding(self) -> int:
         return max(layer.padding for _, layer in self.children)
-
-    def init(self, key):
-        return init_children(self.children, key)
 
     def _branch_inputs(self, x) -> tuple:
         raise NotImplementedError

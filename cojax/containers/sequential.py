@@ -32,13 +32,26 @@ def named_children(layers: Sequence[Any], owner: str) -> Children:
     return pairs
 
 
-def init_children(children: Children, key: jax.Array) -> dict:
-    keys = jax.random.split(key, max(len(children), 1))
-    return {name: layer.init(k) for (name, layer), k in zip(children, keys)}
+class Container(Layer):
+    """Shared behaviour of layers holding named `children`: indexing, length, init."""
+
+    children: Children
+
+    def __getitem__(self, index: int | str) -> Layer:
+        if isinstance(index, str):
+            return dict(self.children)[index]
+        return self.children[index][1]
+
+    def __len__(self) -> int:
+        return len(self.children)
+
+    def init(self, key):
+        keys = jax.random.split(key, max(len(self.children), 1))
+        return {name: layer.init(k) for (name, layer), k in zip(self.children, keys)}
 
 
 @dataclasses.dataclass(frozen=True, init=False)
-class Sequential(Layer):
+class Sequential(Container):
     """Apply layers one after another: `Sequential(a, b, c)` or `Sequential({"a": a})`.
 
     Params and state are dicts keyed by child name. A child's invalid outputs (before
@@ -54,14 +67,6 @@ class Sequential(Layer):
     def __init__(self, *layers: Any):
         children = named_children(layers, "Sequential")
         object.__setattr__(self, "children", _infer_broadcasts(children))
-
-    def __getitem__(self, index: int | str) -> Layer:
-        if isinstance(index, str):
-            return dict(self.children)[index]
-        return self.children[index][1]
-
-    def __len__(self) -> int:
-        return len(self.children)
 
     # --- static metadata --------------------------------------------------------
     @property
@@ -98,9 +103,6 @@ class Sequential(Layer):
         return d
 
     # --- contract -------------------------------------------------------------
-    def init(self, key):
-        return init_children(self.children, key)
-
     def check_frame(self, frame):
         if self.children:
             self.children[0][1].check_frame(frame)
