@@ -307,6 +307,15 @@ def spec_example():
     )
 
 
+def paper_example():
+    """The library paper's / README's mixed delay example (arXiv 2204.03418): l1 with
+    receptive field 3, padding 2, stride 2, then l2 with receptive field 3, no padding."""
+    return co.Sequential(
+        co.Conv1d(2, 3, kernel_size=3, padding=2, stride=2),
+        co.Conv1d(3, 2, kernel_size=3),
+    )
+
+
 def nested_containers():
     return co.Sequential(
         OrderedDict(
@@ -569,6 +578,7 @@ CASES: dict[str, Case] = {
         note="adaptive pool: clip forward compared window by window (6 frames)",
     ),
     "spec_example": Case(spec_example, (2, 4)),
+    "paper_example": Case(paper_example, (2,)),
 }
 
 
