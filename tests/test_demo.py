@@ -1,0 +1,88 @@
+"""The demo (`python -m cojax`) and its built-in model `cojax.demo_models`.
+
+The demo itself checks step == clip forward on every sliding window (1 stream and N
+streams under vmap); each layer and container of the model keeps the contract in its
+own test (`verify_contract`), so the whole model is not re-verified here (slow).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cojax.__main__ import compare, main, moving_pattern
+from cojax.demo_models import init_random, small_x3d_like
+
+
+def test_demo_runs_and_passes(capsys):
+    status = main(["--frames", "16", "--size", "16", "--streams", "2", "--seed", "1"])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    for section in (
+        "1. Equivalence: continual step vs clip forward",
+        "2. FLOPs per output frame",
+        "ratio clip / step",
+        "3. Speed",
+        "sliding-window clip",
+        "2 streams (vmap)",
+        "Result: PASS",
+    ):
+        assert section in out, f"missing {section!r} in:\n{out}"
+    assert "FAIL" not in out
+
+
+def test_demo_rejects_too_few_frames(capsys):
+    assert main(["--frames", "5", "--size", "16"]) == 2
+    assert "receptive field" in capsys.readouterr().out
+
+
+def test_demo_rejects_bad_flags():
+    with pytest.raises(SystemExit):
+        main(["--size", "2"])
+
+
+def test_compare_fails_on_mismatch_or_missing_outputs():
+    valid = np.array([False, True, True])
+    clip = np.ones((2, 4), np.float32)
+    step = np.concatenate([np.zeros((1, 4)), clip]).astype(np.float32)
+    assert compare(step, valid, clip, delay=1)[2]
+    assert not compare(step + 1e-2, valid, clip, delay=1)[2]
+    assert not compare(step, np.array([False, False, True]), clip, delay=1)[2]
+
+
+def test_moving_pattern_moves():
+    frames = moving_pattern(4, 12, seed=3)
+    assert frames.shape == (4, 12, 12, 3) and frames.dtype == np.float32
+    assert np.abs(frames[1] - frames[0]).mean() > 0.01
+
+
+def test_init_random_matches_init_structure_and_randomises_batchnorm():
+    model = small_x3d_like(num_classes=3)
+    key = jax.random.PRNGKey(0)
+    params = init_random(model, key)
+    expected = jax.eval_shape(model.init, key)
+    assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(expected)
+    for got, want in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(expected)):
+        assert (got.shape, got.dtype) == (want.shape, want.dtype)
+    bn = params["stem"]["1"]
+    assert float(jnp.abs(bn["mean"]).max()) > 0 and float(jnp.abs(bn["var"] - 1).max()) > 0
+    stem = params["stem"]["0"]["kernel"]  # (3, 3, 3, 3, 16): fan_in 81
+    assert float(jnp.abs(stem).max()) <= 1 / 9
+    again = init_random(model, key)
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(again))
+    )
+
+
+def test_small_x3d_like_metadata_and_output_shape():
+    model = small_x3d_like(
+        num_classes=3, widths=(4,), blocks_per_stage=1, expansion=2, head_channels=6,
+        temporal_window=2,
+    )  # fmt: skip
+    assert (model.delay, model.receptive_field, model.stride, model.padding) == (5, 6, 1, 0)
+    frame = jax.ShapeDtypeStruct((8, 8, 3), jnp.float32)
+    params = init_random(model, jax.random.PRNGKey(1))
+    assert model.output_spec(params, frame).shape == (3,)
