@@ -86,6 +86,7 @@ from cojax.layers.pool import (
     MaxPool3d,
 )
 from cojax.layers.recurrent import GRU, LSTM, RNN, LSTMState, RNNState
+from cojax.models import X3D, x3d
 from cojax.streams import init_streams, step_streams
 
 __version__ = "0.1.0"

@@ -1,0 +1,5 @@
+"""Model zoo: continual networks built from cojax layers."""
+
+from cojax.models.x3d import X3D, X3D_SIZES, X3DSize, round_width, x3d
+
+__all__ = ["X3D", "X3D_SIZES", "X3DSize", "round_width", "x3d"]
