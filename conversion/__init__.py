@@ -1,9 +1,11 @@
 """PyTorch -> cojax conversion (imports torch lazily; `cojax` never does).
 
 `from_continual(module)` converts a network built with the `continual-inference`
-package into a cojax layer and its params.
+package into a cojax layer and its params; `load_x3d(checkpoint, size)` loads an X3D
+checkpoint (SlowFast/co3d or pytorchvideo layout) into `cojax.models.x3d`.
 """
 
 from conversion.continual import from_continual
+from conversion.x3d import load_x3d
 
-__all__ = ["from_continual"]
+__all__ = ["from_continual", "load_x3d"]
