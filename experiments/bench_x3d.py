@@ -1,0 +1,408 @@
+"""X3D-S speed: CoX3D-S step vs sliding-window clip inference, cojax vs PyTorch.
+
+One X3D-S (13 × 160², 400 classes, softmax head): random weights from pytorchvideo's
+`create_x3d()` (torch.manual_seed(0); BN affine and statistics randomised), loaded into cojax with `conversion.load_x3d`, so
+both sides run the same weights. Rows, at 1 stream and 8 streams (`jax.vmap` /
+`co.step_streams` for cojax, a torch batch of 8):
+- CoX3D-S `step` (jit, se_scope "frame"): one frame in, one prediction out
+- cojax sliding-window clip: `forward` on the latest 13-frame clip (jit, same kernels)
+- PyTorch X3D-S clip model (`create_x3d`, eval, no_grad) on the same 13-frame clip
+Each row produces one prediction per stream per call, so "ms per prediction" compares
+them directly (the paper's CPU: CoX3D-S 13.2 vs X3D-S 2.23 evaluations/s, 5.9×).
+
+Also: state memory per stream (bytes of the leaves of `jax.eval_shape(init_state)`),
+FLOPs counted by XLA's cost analysis of the compiled step / clip programs (the count
+`co.flops` / `co.clip_flops` give, read from the very executables timed here to avoid
+compiling X3D twice), achieved GFLOP/s against a 2048² f32 matmul measured in the same
+run, and the measured speed-up (clip ms / step ms) against the FLOP reduction
+(clip FLOPs / step FLOPs). Cross-checks: the cojax clip output against the torch model
+with per-frame SE (cojax "frame" SE; X3D's own SE pools the clip, which is timed).
+
+The torch rows run in a subprocess (OMP_WAIT_POLICY=PASSIVE, see bench_streaming.py).
+Times: wall ms per call, median after one warm-up call, few repeats (`--budget` s each).
+
+    .venv/bin/python experiments/bench_x3d.py [--budget 2.0]
+
+Writes experiments/results/x3d_speed.json and x3d_speed.png; prints the load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import types
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_streaming import _no_sync, matmul_gflops, max_diff, timeit  # noqa: E402
+
+import cojax as co  # noqa: E402
+from cojax.flops import _cost_flops  # noqa: E402
+from conversion import load_x3d  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+FRAMES, CROP, CLASSES, STREAMS = 13, 160, 400, 8
+MATMUL_N = 2048
+PAPER = {"CoX3D-S evals/s": 13.2, "X3D-S evals/s": 2.23, "speed-up": 13.2 / 2.23}
+STEP, CLIP, TORCH = (
+    "CoX3D-S step (cojax, jit)",
+    "X3D-S clip (cojax forward, jit)",
+    ("X3D-S clip (PyTorch create_x3d)"),
+)
+
+
+# --------------------------------------------------------------------------- torch side
+
+
+def import_create_x3d():
+    """pytorchvideo 0.1.5's `create_x3d` with stand-ins for its unused torchvision import
+    and for fvcore.nn's __init__ (which needs iopath), as in tests/test_load_x3d.py."""
+    import fvcore
+
+    stand_ins = {}
+    if "torchvision" not in sys.modules and importlib.util.find_spec("torchvision") is None:
+        ops = types.ModuleType("torchvision.ops")
+        ops.RoIAlign = None
+        stand_ins.update({"torchvision": types.ModuleType("torchvision"), "torchvision.ops": ops})
+    if "fvcore.nn" not in sys.modules:
+        package = types.ModuleType("fvcore.nn")
+        package.__path__ = [os.path.join(os.path.dirname(fvcore.__file__), "nn")]
+        stand_ins["fvcore.nn"] = package
+    sys.modules.update(stand_ins)
+    try:
+        from pytorchvideo.models.x3d import create_x3d
+    finally:
+        for name in stand_ins:
+            sys.modules.pop(name, None)
+    return create_x3d
+
+
+def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Random BN affine and statistics: create_x3d zero-initialises each block's last BN
+    (norm_c), which would make every residual branch (and the checks) vanish."""
+    gen = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm3d):
+            n = m.num_features
+            m.weight.data = torch.rand(n, generator=gen) + 0.5
+            m.bias.data = torch.randn(n, generator=gen) * 0.1
+            m.running_mean = torch.randn(n, generator=gen) * 0.1
+            m.running_var = torch.rand(n, generator=gen) + 0.5
+    return model.eval()
+
+
+def per_frame_se(module: torch.nn.Module) -> None:
+    """Make every SqueezeExcitation pool each frame's (H, W) (cojax se_scope "frame")."""
+
+    def forward(self, x):
+        return x * self.block(x.mean((3, 4), keepdim=True))
+
+    for m in module.modules():
+        if type(m).__name__ == "SqueezeExcitation":
+            m.forward = types.MethodType(forward, m)
+
+
+def clips(streams: int, seed: int = 1) -> np.ndarray:
+    """Random clips `(streams, 13, 160, 160, 3)`, float32 (channels-last)."""
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((streams, FRAMES, CROP, CROP, 3)).astype(np.float32)
+
+
+def torch_only(state_path: str, out: str, budget: float) -> dict:
+    """The torch rows (run in a fresh process that never starts XLA's thread pool)."""
+    model = import_create_x3d()().eval()
+    model.load_state_dict(torch.load(state_path))
+    rows, outputs = [], {}
+    with torch.no_grad():
+        for streams in (1, STREAMS):
+            x = torch.from_numpy(clips(streams)).permute(0, 4, 1, 2, 3).contiguous()
+            ms, best = timeit(model, x, budget_s=budget, min_repeats=3, sync=_no_sync)
+            rows.append(row(TORCH, streams, ms, best))
+            outputs[f"clip_se_{streams}"] = model(x).numpy()
+        # Logits for the checks (random weights: the softmax is ~uniform).
+        model.blocks[-1].activation = None
+        x = torch.from_numpy(clips(STREAMS)).permute(0, 4, 1, 2, 3).contiguous()
+        outputs["clip_se_logits"] = model(x).numpy()
+        per_frame_se(model)
+        outputs["frame_se_logits"] = model(x).numpy()
+    np.savez(out, **outputs)
+    return {
+        "rows": rows,
+        "torch_matmul_gflops_per_s": matmul_gflops(MATMUL_N, budget, "torch"),
+        "torch_threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)"),
+    }
+
+
+def run_torch(state_path: str, budget: float) -> tuple[dict, dict]:
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = str(Path(tmp) / "torch_outputs.npz")
+        cmd = [sys.executable, __file__, "--torch-only", state_path, out, "--budget", str(budget)]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        if proc.returncode != 0:
+            raise RuntimeError(f"torch rows failed:\n{proc.stderr}")
+        report = json.loads(proc.stdout.strip().splitlines()[-1])
+        with np.load(out) as data:
+            outputs = {k: data[k] for k in data.files}
+    return report, outputs
+
+
+# --------------------------------------------------------------------------- cojax side
+
+
+def row(impl: str, streams: int, ms: float, best: float, flops: float | None = None) -> dict:
+    """`flops`: XLA-counted FLOPs of one stream's call (None: not counted)."""
+    return {
+        "impl": impl,
+        "streams": streams,
+        "ms_per_call": ms,
+        "ms_per_prediction_per_stream": ms / streams,
+        "min_ms_per_stream": best / streams,
+        "predictions_per_s": 1e3 * streams / ms,
+        "xla_gflop_per_stream": None if flops is None else flops / 1e9,
+        "gflops_per_s": None if flops is None else flops * streams / ms / 1e6,
+    }
+
+
+def compiled(fn, *args):
+    """(executable, seconds to lower and compile)."""
+    t0 = time.perf_counter()
+    exe = jax.jit(fn).lower(*args).compile()
+    return exe, time.perf_counter() - t0
+
+
+def bench_cojax(model, params, budget: float) -> tuple[list[dict], dict, dict]:
+    """Step and clip rows at 1 and 8 streams, XLA FLOPs (1 stream), compile seconds."""
+    rows, outputs, flops, compile_s = [], {}, {}, {}
+    frame = jax.ShapeDtypeStruct((CROP, CROP, 3), jnp.float32)
+    for streams in (1, STREAMS):
+        data = jnp.asarray(clips(streams))
+        if streams == 1:
+            state = model.init_state(params, frame)
+            step_fn, x_step, clip_fn, x_clip = model.step, data[0, -1], model.forward, data[0]
+        else:
+            state = co.init_streams(model, params, frame, streams)
+            step_fn = functools.partial(co.step_streams, model)
+            clip_fn = jax.vmap(model.forward, in_axes=(None, 0))
+            x_step, x_clip = data[:, -1], data
+        step, compile_s[f"step_{streams}"] = compiled(step_fn, params, state, x_step)
+        clip, compile_s[f"clip_{streams}"] = compiled(clip_fn, params, x_clip)
+        if streams == 1:
+            flops = {"step": _cost_flops(step), "clip": _cost_flops(clip)}
+        # Fill the step state with the clip's frames (timing does not depend on it).
+        for t in range(FRAMES):
+            state, _ = step(params, state, data[:, t] if streams > 1 else data[0, t])
+        ms, best = timeit(step, params, state, x_step, budget_s=budget)
+        rows.append(row(STEP, streams, ms, best, flops["step"]))
+        ms, best = timeit(clip, params, x_clip, budget_s=budget)
+        rows.append(row(CLIP, streams, ms, best, flops["clip"]))
+        outputs[f"clip_{streams}"] = np.asarray(clip(params, x_clip)).reshape(streams, -1)
+        print(f"  cojax {streams} stream(s) done; compile s {compile_s}", flush=True)
+    return rows, outputs, {"flops": flops, "compile_s": compile_s}
+
+
+def logits_cojax(state_dict: dict) -> np.ndarray:
+    """Logits `(8, 400)` of the cojax clip forward (no softmax) on the 8 clips."""
+    model, params = load_x3d(state_dict, "S", head_activation=None)
+    forward = jax.jit(jax.vmap(model.forward, in_axes=(None, 0)))
+    return np.asarray(forward(params, jnp.asarray(clips(STREAMS)))).reshape(STREAMS, -1)
+
+
+def state_bytes(model, params) -> int:
+    spec = jax.ShapeDtypeStruct((CROP, CROP, 3), jnp.float32)
+    state = jax.eval_shape(model.init_state, params, spec)
+    return sum(math.prod(a.shape) * a.dtype.itemsize for a in jax.tree_util.tree_leaves(state))
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def _get(rows, impl, streams):
+    return next(r for r in rows if r["impl"] == impl and r["streams"] == streams)
+
+
+def table(rows: list[dict], peak: dict) -> str:
+    lines = [
+        "| implementation | 1 stream: ms / prediction | 1 stream: predictions/s "
+        f"| {STREAMS} streams: ms / call | {STREAMS} streams: ms / prediction / stream "
+        f"| {STREAMS} streams: predictions/s (all) | GFLOP/s XLA-counted (1 / {STREAMS}) "
+        "| % of matmul peak (1 / 8) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for impl in (STEP, CLIP, TORCH):
+        one, many = _get(rows, impl, 1), _get(rows, impl, STREAMS)
+        top = peak["torch_gflops_per_s" if "PyTorch" in impl else "xla_gflops_per_s"]
+        rates = [r["gflops_per_s"] for r in (one, many)]
+        lines.append(
+            f"| {impl} | {one['ms_per_call']:.1f} | {one['predictions_per_s']:.2f} | "
+            f"{many['ms_per_call']:.1f} | {many['ms_per_prediction_per_stream']:.1f} | "
+            f"{many['predictions_per_s']:.2f} | {rates[0]:.1f} / {rates[1]:.1f} | "
+            f"{100 * rates[0] / top:.0f}% / {100 * rates[1] / top:.0f}% |"
+        )
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], speedups: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    impls = [STEP, CLIP, TORCH]
+    fig, ax = plt.subplots(figsize=(10, 3.6))
+    y = np.arange(len(impls))
+    for k, (streams, color) in enumerate(((1, "tab:blue"), (STREAMS, "tab:orange"))):
+        vals = [_get(rows, i, streams)["ms_per_prediction_per_stream"] for i in impls]
+        bars = ax.barh(y + (k - 0.5) * 0.4, vals, 0.4, color=color, label=f"{streams} stream(s)")
+        ax.bar_label(bars, [f"{v:.0f} ms" for v in vals], padding=3, fontsize=8)
+    ax.set_yticks(y, impls)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("ms per prediction per stream (median, log scale)")
+    ax.set_title(
+        f"X3D-S 13×160², 400 classes: cojax clip/step speed-up {speedups['cojax_1']:.1f}× "
+        f"(1 stream), {speedups['cojax_8']:.1f}× (8)\nXLA-counted FLOP ratio "
+        f"{speedups['flop_ratio']:.1f}×; paper 5.9×",
+        fontsize=10,
+    )
+    ax.set_xlim(right=ax.get_xlim()[1] * 2)
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", type=float, default=2.0, help="seconds of repeats per row")
+    parser.add_argument("--torch-only", nargs=2, metavar=("STATE", "OUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.torch_only:
+        print(json.dumps(torch_only(*args.torch_only, args.budget)))
+        return
+
+    started = time.perf_counter()
+    load_start = os.getloadavg()
+    print(f"load average at start: {load_start}; cpus {os.cpu_count()}, "
+          f"jax {jax.__version__}, torch {torch.__version__}", flush=True)  # fmt: skip
+    torch.manual_seed(0)
+    state_dict = randomize_bn(import_create_x3d()()).state_dict()  # X3D-S, random weights
+    model, params = load_x3d(state_dict, "S")  # softmax head, se_scope "frame"
+    n_params = sum(math.prod(a.shape) for a in jax.tree_util.tree_leaves(params))
+    memory = state_bytes(model, params)
+    print(f"params {n_params / 1e6:.2f} M; state per stream {memory / 2**20:.2f} MiB; "
+          f"delay {model.delay}", flush=True)  # fmt: skip
+
+    with tempfile.TemporaryDirectory() as tmp:
+        state_path = str(Path(tmp) / "x3d_s.pt")
+        torch.save(state_dict, state_path)
+        torch_report, torch_out = run_torch(state_path, args.budget)
+    peak = {
+        "n": MATMUL_N,
+        "xla_gflops_per_s": matmul_gflops(MATMUL_N, args.budget, "jax"),
+        "torch_gflops_per_s": torch_report["torch_matmul_gflops_per_s"],
+    }
+    print(f"torch done; matmul peak {peak}", flush=True)
+
+    rows, out, info = bench_cojax(model, params, args.budget)
+    flops = info["flops"]
+    for r in torch_report["rows"]:  # XLA's count of the same clip computation
+        r.update(row(r["impl"], r["streams"], r["ms_per_call"],
+                     r["min_ms_per_stream"] * r["streams"], flops["clip"]))  # fmt: skip
+    rows += torch_report["rows"]
+    logits = logits_cojax(state_dict)
+    scale = float(np.abs(torch_out["frame_se_logits"]).max())
+    checks = {
+        "max |cojax - torch per-frame-SE| logits / max |logit|": max_diff(
+            logits, torch_out["frame_se_logits"]
+        )
+        / scale,
+        "max |cojax - torch X3D (clip SE)| logits / max |logit|": max_diff(
+            logits, torch_out["clip_se_logits"]
+        )
+        / scale,
+        "top-1 agreement cojax vs torch X3D (clip SE), 8 clips": float(
+            np.mean(logits.argmax(-1) == torch_out["clip_se_logits"].argmax(-1))
+        ),
+        "max |cojax softmax - torch softmax| (8 clips, clip SE)": max_diff(
+            out[f"clip_{STREAMS}"], torch_out[f"clip_se_{STREAMS}"]
+        ),
+        "max |cojax clip 8 streams [0] - 1 stream| (softmax)": max_diff(
+            out[f"clip_{STREAMS}"][0], out["clip_1"][0]
+        ),
+    }
+    ms = {(r["impl"], r["streams"]): r["ms_per_call"] for r in rows}
+    speedups = {
+        "cojax_1": ms[CLIP, 1] / ms[STEP, 1],
+        "cojax_8": ms[CLIP, STREAMS] / ms[STEP, STREAMS],
+        "torch_clip_vs_cojax_step_1": ms[TORCH, 1] / ms[STEP, 1],
+        "torch_clip_vs_cojax_step_8": ms[TORCH, STREAMS] / ms[STEP, STREAMS],
+        "flop_ratio": flops["clip"] / flops["step"],
+        "paper_cpu": PAPER["speed-up"],
+    }
+
+    print("\n" + table(rows, peak))
+    print(
+        f"\nXLA-counted FLOPs: step {flops['step'] / 1e9:.3f} G, clip "
+        f"{flops['clip'] / 1e9:.3f} G -> FLOP reduction {speedups['flop_ratio']:.2f}x"
+    )
+    print(
+        f"measured speed-up clip / step: cojax {speedups['cojax_1']:.2f}x (1 stream), "
+        f"{speedups['cojax_8']:.2f}x ({STREAMS}); PyTorch clip / cojax step "
+        f"{speedups['torch_clip_vs_cojax_step_1']:.2f}x / "
+        f"{speedups['torch_clip_vs_cojax_step_8']:.2f}x; paper CPU 13.2 vs 2.23 evals/s "
+        f"= {PAPER['speed-up']:.1f}x"
+    )
+    print(f"matmul peak {MATMUL_N}² f32: XLA {peak['xla_gflops_per_s']:.1f}, torch "
+          f"{peak['torch_gflops_per_s']:.1f} GFLOP/s; state per stream {memory} bytes "
+          f"({memory / 2**20:.2f} MiB); checks {checks}")  # fmt: skip
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    result = {
+        "description": __doc__.split("\n\n")[0],
+        "network": f"X3D-S {FRAMES}x{CROP}x{CROP}, {CLASSES} classes, softmax head, "
+        f"se_scope 'frame' (cojax), delay {model.delay}, params {n_params}",
+        "timing": "ms per call, median after one warm-up call; one prediction per stream per call",
+        "flops_basis": "XLA cost analysis of the compiled, timed 1-stream step / clip "
+        "executables (co.flops / co.clip_flops count); torch rows use the clip count",
+        "xla_flops": flops,
+        "state_bytes_per_stream": memory,
+        "peak_matmul": peak,
+        "speedups": speedups,
+        "paper": PAPER,
+        "checks": checks,
+        "compile_s": info["compile_s"],
+        "rows": rows,
+        "jax_version": jax.__version__,
+        "torch_version": torch.__version__,
+        "cpus": os.cpu_count(),
+        "torch_threads": torch_report["torch_threads"],
+        "omp_wait_policy": torch_report["omp_wait_policy"],
+        "load_average_start": load_start,
+        "load_average_end": os.getloadavg(),
+        "runtime_s": time.perf_counter() - started,
+    }
+    (RESULTS / "x3d_speed.json").write_text(json.dumps(result, indent=2))
+    plot(rows, speedups, RESULTS / "x3d_speed.png")
+    print(f"\nwrote {RESULTS / 'x3d_speed.json'} and x3d_speed.png "
+          f"({result['runtime_s']:.0f} s; load average at end {result['load_average_end']})")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
