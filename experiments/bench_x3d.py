@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib.util
 import json
 import math
 import os
@@ -54,6 +53,7 @@ from bench_streaming import _no_sync, matmul_gflops, max_diff, timeit  # noqa: E
 import cojax as co  # noqa: E402
 from cojax.flops import _cost_flops  # noqa: E402
 from conversion import load_x3d  # noqa: E402
+from conversion.pytorchvideo import import_create_x3d  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FRAMES, CROP, CLASSES, STREAMS = 13, 160, 400, 8
@@ -67,29 +67,6 @@ STEP, CLIP, TORCH = (
 
 
 # --------------------------------------------------------------------------- torch side
-
-
-def import_create_x3d():
-    """pytorchvideo 0.1.5's `create_x3d` with stand-ins for its unused torchvision import
-    and for fvcore.nn's __init__ (which needs iopath), as in tests/test_load_x3d.py."""
-    import fvcore
-
-    stand_ins = {}
-    if "torchvision" not in sys.modules and importlib.util.find_spec("torchvision") is None:
-        ops = types.ModuleType("torchvision.ops")
-        ops.RoIAlign = None
-        stand_ins.update({"torchvision": types.ModuleType("torchvision"), "torchvision.ops": ops})
-    if "fvcore.nn" not in sys.modules:
-        package = types.ModuleType("fvcore.nn")
-        package.__path__ = [os.path.join(os.path.dirname(fvcore.__file__), "nn")]
-        stand_ins["fvcore.nn"] = package
-    sys.modules.update(stand_ins)
-    try:
-        from pytorchvideo.models.x3d import create_x3d
-    finally:
-        for name in stand_ins:
-            sys.modules.pop(name, None)
-    return create_x3d
 
 
 def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

@@ -8,10 +8,7 @@ state dict renamed key by key into each layout; where pytorchvideo is installed,
 per-frame SE (X3D's own SE pools the whole clip).
 """
 
-import importlib.util
 import math
-import os
-import sys
 import types
 
 import jax
@@ -24,6 +21,7 @@ from torch import nn
 
 from cojax.models import x3d
 from conversion import load_x3d
+from conversion.pytorchvideo import import_create_x3d
 
 FRAMES = 5  # head pool frames of the tiny model
 TINY_KWARGS = dict(head_pool_frames=FRAMES, head_activation=None, **TINY)
@@ -232,38 +230,9 @@ def test_bad_sources_raise(tmp_path):
 # --------------------------------------------------------------------------- pytorchvideo
 
 
-def _import_create_x3d():
-    """pytorchvideo 0.1.5's `create_x3d`, if installed. Its package imports torchvision
-    (a detection head X3D does not use) and fvcore's `nn` package (which needs iopath):
-    stand-ins for those two imports let the real X3D code load."""
-    try:
-        import fvcore
-        import pytorchvideo  # noqa: F401
-    except ImportError:
-        return None
-    stand_ins = {}
-    if "torchvision" not in sys.modules and importlib.util.find_spec("torchvision") is None:
-        ops = types.ModuleType("torchvision.ops")
-        ops.RoIAlign = None
-        stand_ins.update({"torchvision": types.ModuleType("torchvision"), "torchvision.ops": ops})
-    if "fvcore.nn" not in sys.modules:
-        package = types.ModuleType("fvcore.nn")  # its submodules, without its __init__
-        package.__path__ = [os.path.join(os.path.dirname(fvcore.__file__), "nn")]
-        stand_ins["fvcore.nn"] = package
-    sys.modules.update(stand_ins)
-    try:
-        from pytorchvideo.models.x3d import create_x3d
-    except ImportError:
-        create_x3d = None
-    finally:
-        for name in stand_ins:
-            sys.modules.pop(name, None)
-    return create_x3d
-
-
 @pytest.fixture(scope="module")
 def create_x3d():
-    function = _import_create_x3d()
+    function = import_create_x3d()
     if function is None:
         pytest.skip("pytorchvideo (and fvcore) not installed")
     return function

@@ -1,0 +1,41 @@
+"""Import pytorchvideo's X3D builder on machines without torchvision.
+
+pytorchvideo 0.1.5's package imports `torchvision.ops.RoIAlign` (for a detection head
+X3D never uses) and fvcore's `nn` package, whose `__init__` needs iopath. Stand-ins for
+those two imports let the real X3D code load; they are removed again afterwards.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import types
+from collections.abc import Callable
+
+
+def import_create_x3d() -> Callable | None:
+    """`pytorchvideo.models.x3d.create_x3d`, or None when pytorchvideo/fvcore are missing."""
+    try:
+        import fvcore
+        import pytorchvideo  # noqa: F401
+    except ImportError:
+        return None
+    stand_ins = {}
+    if "torchvision" not in sys.modules and importlib.util.find_spec("torchvision") is None:
+        ops = types.ModuleType("torchvision.ops")
+        ops.RoIAlign = None
+        stand_ins.update({"torchvision": types.ModuleType("torchvision"), "torchvision.ops": ops})
+    if "fvcore.nn" not in sys.modules:
+        package = types.ModuleType("fvcore.nn")  # its submodules, without its __init__
+        package.__path__ = [os.path.join(os.path.dirname(fvcore.__file__), "nn")]
+        stand_ins["fvcore.nn"] = package
+    sys.modules.update(stand_ins)
+    try:
+        from pytorchvideo.models.x3d import create_x3d
+    except ImportError:
+        create_x3d = None
+    finally:
+        for name in stand_ins:
+            sys.modules.pop(name, None)
+    return create_x3d
