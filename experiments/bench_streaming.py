@@ -312,6 +312,20 @@ def flag_rows(budget: float) -> list[dict]:
 # --------------------------------------------------------------------------- reporting
 
 
+def environment(torch_report: dict, load_start: tuple, started: float) -> dict:
+    """Versions, threads and machine load of a benchmark run, for its JSON record."""
+    return {
+        "jax_version": jax.__version__,
+        "torch_version": torch.__version__,
+        "cpus": os.cpu_count(),
+        "torch_threads": torch_report["torch_threads"],
+        "omp_wait_policy": torch_report["omp_wait_policy"],
+        "load_average_start": load_start,
+        "load_average_end": os.getloadavg(),
+        "runtime_s": time.perf_counter() - started,
+    }
+
+
 def max_diff(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(np.asarray(a) - np.asarray(b)).max())
 
@@ -462,14 +476,7 @@ def main() -> None:
         "anchors_ms_batch1": ANCHORS_MS,
         "checks": {str(k): v for k, v in checks.items()},
         "rows": rows,
-        "jax_version": jax.__version__,
-        "torch_version": torch.__version__,
-        "cpus": os.cpu_count(),
-        "torch_threads": torch_report["torch_threads"],
-        "omp_wait_policy": torch_report["omp_wait_policy"],
-        "load_average_start": load_start,
-        "load_average_end": os.getloadavg(),
-        "runtime_s": time.perf_counter() - started,
+        **environment(torch_report, load_start, started),
     }
     (RESULTS / "streaming.json").write_text(json.dumps(result, indent=2))
     plot(rows, RESULTS / "streaming.png")

@@ -48,7 +48,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_streaming import _no_sync, matmul_gflops, max_diff, timeit  # noqa: E402
+from bench_streaming import (  # noqa: E402
+    _no_sync,
+    environment,
+    matmul_gflops,
+    max_diff,
+    timeit,
+)
 
 import cojax as co  # noqa: E402
 from cojax.flops import _cost_flops  # noqa: E402
@@ -366,14 +372,7 @@ def main() -> None:
         "checks": checks,
         "compile_s": info["compile_s"],
         "rows": rows,
-        "jax_version": jax.__version__,
-        "torch_version": torch.__version__,
-        "cpus": os.cpu_count(),
-        "torch_threads": torch_report["torch_threads"],
-        "omp_wait_policy": torch_report["omp_wait_policy"],
-        "load_average_start": load_start,
-        "load_average_end": os.getloadavg(),
-        "runtime_s": time.perf_counter() - started,
+        **environment(torch_report, load_start, started),
     }
     (RESULTS / "x3d_speed.json").write_text(json.dumps(result, indent=2))
     plot(rows, speedups, RESULTS / "x3d_speed.png")
