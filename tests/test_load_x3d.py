@@ -3,9 +3,10 @@ layouts load into `cojax.models.x3d` and reproduce the torch network's logits.
 
 The torch reference is `TorchX3D` of tests/test_x3d.py (X3D from specs/x3d.md) with its
 state dict renamed key by key into each layout; where pytorchvideo is installed, a real
-`create_x3d` model is checked as well. The cojax model's SE pools each frame
-(se_scope="frame", the reference CoX3D), so every torch reference here uses the same
-per-frame SE (X3D's own SE pools the whole clip).
+`create_x3d` model is checked as well. With se_scope="clip" the cojax model is X3D on
+a clip of `head_pool_frames` frames, so the torch references keep X3D's own SE (mean
+over the whole clip); with se_scope="frame" (the reference CoX3D's per-frame SE) they
+are given the same per-frame SE.
 """
 
 import math
@@ -19,6 +20,7 @@ import torch
 from test_x3d import TINY, TorchX3D, _randomize
 from torch import nn
 
+from cojax.core import forward_steps
 from cojax.models import x3d
 from conversion import load_x3d
 from conversion.pytorchvideo import import_create_x3d
@@ -76,11 +78,11 @@ def _pytorchvideo_key(key: str) -> str:
     return f"blocks.5.{_PTV_HEAD[module]}.{param}"
 
 
-def _reference(layout: str, seed: int = 0, **config) -> TorchX3D:
-    """A random `TorchX3D` (per-frame SE, random BN statistics) for `layout`."""
+def _reference(layout: str, seed: int = 0, per_frame: bool = True, **config) -> TorchX3D:
+    """A random `TorchX3D` (random BN statistics) for `layout`; SE per frame or clip."""
     config = {**TINY, **config}
     torch.manual_seed(seed)
-    ref = _randomize(TorchX3D(frames=FRAMES, per_frame=True, **config), seed)
+    ref = _randomize(TorchX3D(frames=FRAMES, per_frame=per_frame, **config), seed)
     if layout == "pytorchvideo":
         # pytorchvideo has no shortcut BN where the width stays (stage 2's first block).
         for stage in ref.stages:
@@ -115,17 +117,22 @@ def _forward(model, params, clip):
 # --------------------------------------------------------------------------- loading
 
 
+@pytest.mark.parametrize("se_scope", ["clip", "frame"])
 @pytest.mark.parametrize("layout", ["slowfast", "pytorchvideo"])
-def test_checkpoint_file_reproduces_torch_logits(layout, tmp_path):
-    ref = _reference(layout)
+def test_checkpoint_file_reproduces_torch_logits(layout, se_scope, tmp_path):
+    ref = _reference(layout, per_frame=se_scope == "frame")
     path = tmp_path / "x3d.pyth"
     torch.save({"model_state": _state_dict(ref, layout), "epoch": 3}, path)
-    model, params = load_x3d(path, "S", **TINY_KWARGS)
-    clip, x = _clip(FRAMES + 3)
+    model, params = load_x3d(path, "S", se_scope=se_scope, **TINY_KWARGS)
+    # X3D's clip SE pools the whole input, so its clip is the head pool's length; the
+    # per-frame SE network also slides its head pool along a longer clip.
+    frames = FRAMES if se_scope == "clip" else FRAMES + 3
+    clip, x = _clip(frames)
     with torch.no_grad():
         expected = ref(x).numpy()
     logits = _forward(model, params, clip)
-    assert logits.shape == (4, TINY["num_classes"])  # num_classes from the checkpoint
+    # num_classes comes from the checkpoint.
+    assert logits.shape == (frames - FRAMES + 1, TINY["num_classes"])
     _assert_close(logits, expected)
 
 
@@ -249,7 +256,8 @@ def _per_frame_se(module):
             m.forward = types.MethodType(forward, m)
 
 
-def test_real_pytorchvideo_create_x3d(create_x3d, tmp_path):
+@pytest.mark.parametrize("se_scope", ["clip", "frame"])
+def test_real_pytorchvideo_create_x3d(create_x3d, se_scope, tmp_path):
     # width_factor 1, stem_dim_in 4: widths (8, 8, 16, 32); depth_factor 0.5: (1, 1, 3, 2).
     frames = 4
     torch.manual_seed(0)
@@ -264,7 +272,8 @@ def test_real_pytorchvideo_create_x3d(create_x3d, tmp_path):
         head_activation=None,
     )
     _randomize(ref, 0)
-    _per_frame_se(ref)
+    if se_scope == "frame":
+        _per_frame_se(ref)
     path = tmp_path / "X3D_tiny.pyth"
     torch.save({"model_state": ref.state_dict()}, path)
     model, params = load_x3d(
@@ -275,11 +284,20 @@ def test_real_pytorchvideo_create_x3d(create_x3d, tmp_path):
         head_width=16,
         head_pool_frames=frames,
         head_activation=None,
+        se_scope=se_scope,
     )
     clip, x = _clip(frames)
     with torch.no_grad():
         expected = ref(x).numpy()  # (1, 7)
     _assert_close(_forward(model, params, clip), expected)
+    if se_scope == "clip":
+        # Streamed frame by frame, the end padding flushed: X3D's prediction again.
+        with jax.default_matmul_precision("highest"):
+            state = model.init_state(params, clip[0])
+            run = jax.jit(forward_steps, static_argnums=0, static_argnames="pad_end")
+            _, ys, valid = run(model, params, state, jnp.asarray(clip), pad_end=True)
+        assert np.asarray(valid).sum() == 1
+        _assert_close(np.asarray(ys)[np.asarray(valid)], expected)
 
 
 def test_real_pytorchvideo_x3d_s_keys_load(create_x3d):

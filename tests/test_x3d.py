@@ -54,6 +54,23 @@ def test_cox3d_s_delay_and_longer_head_pool():
     assert x3d("S", head_pool_frames=64).delay == 28 + 63
 
 
+def test_clip_se_adds_window_minus_one_delay_per_se_block():
+    # X3D-S has 2 + 3 + 6 + 4 = 15 SE blocks (even blocks of stages with 3/5/11/7).
+    assert x3d("S", se_scope="clip").delay == 40 + 15 * 12
+    assert x3d("S", se_scope="clip", se_clip_frames=4).delay == 40 + 15 * 3
+    assert x3d("L", se_scope="clip").delay == 57 + 15 + (3 + 5 + 13 + 8) * 15
+    # A 1-frame clip SE is the frame SE: same layers, same parameters.
+    assert x3d("S", se_scope="clip", se_clip_frames=1) == x3d("S", se_scope="frame")
+    frame_shapes = jax.eval_shape(x3d("S").init, jax.random.PRNGKey(0))
+    clip_shapes = jax.eval_shape(x3d("S", se_scope="clip").init, jax.random.PRNGKey(0))
+
+    # The clip window adds no parameters: same weights under the same names.
+    def paths(tree):
+        return [(path, leaf.shape) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)]
+
+    assert paths(frame_shapes) == paths(clip_shapes)
+
+
 @pytest.mark.parametrize(
     ("size", "millions"), [("XS", 3.79), ("S", 3.79), ("M", 3.79), ("L", 6.15)]
 )
@@ -82,8 +99,8 @@ def test_fast_kernel_paths():
 def test_bad_configs_raise():
     with pytest.raises(ValueError, match="size must be one of"):
         x3d("XXL")
-    with pytest.raises(NotImplementedError, match="se_scope='clip'"):
-        x3d("S", se_scope="clip")
+    with pytest.raises(ValueError, match="se_clip_frames must be a positive int, got 0"):
+        x3d("S", se_scope="clip", se_clip_frames=0)
     with pytest.raises(ValueError, match="se_scope must be one of"):
         x3d("S", se_scope="channel")
     with pytest.raises(ValueError, match="widths must be 4 positive ints"):
@@ -280,6 +297,50 @@ def test_frame_se_is_per_frame_and_only_approximates_x3d_clip_se():
     assert not np.allclose(got, per_clip, rtol=1e-3, atol=1e-3)
 
 
+def test_clip_se_equals_x3d_on_its_clip_forward_and_streamed():
+    # se_scope="clip": on a clip of head_pool_frames frames every SE averages the whole
+    # clip, so forward is X3D (torch reference with its clip SE), and so are the steps
+    # over that clip once the end padding is flushed (pad_end=True).
+    model, ref, params = _tiny_pair(per_frame=False, se_scope="clip", head_activation=None)
+    clip, x = _clip(32, TINY_FRAMES)
+    with torch.no_grad():
+        expected = ref(x).numpy()
+    with jax.default_matmul_precision("highest"):
+        logits = np.asarray(jax.jit(model.forward)(params, jnp.asarray(clip)))
+        state = model.init_state(params, clip[0])
+        run = jax.jit(forward_steps, static_argnums=0, static_argnames="pad_end")
+        _, ys, valid = run(model, params, state, jnp.asarray(clip), pad_end=True)
+    assert logits.shape == expected.shape == (1, 10)
+    tol = dict(rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+    np.testing.assert_allclose(logits, expected, **tol)
+    valid = np.asarray(valid)
+    assert valid.sum() == 1 and valid[-1]
+    np.testing.assert_allclose(np.asarray(ys)[valid], expected, **tol)
+
+
+def test_clip_se_layer_is_x3d_se_over_each_centred_window():
+    # The clip SE on a longer clip: frame t is scaled by X3D's SE of frames
+    # [t - W + 1, t + W - 1] clipped to the clip (plain sliding-window computation).
+    W = 3
+    model, ref, params = _tiny_pair(per_frame=False, se_scope="clip", se_clip_frames=W)
+    se = model["s2"]["res0"]["sum"]["branch2"]["se"]
+    se_params = params["s2"]["res0"]["sum"]["branch2"]["se"]
+    assert se.delay == W - 1
+    torch_se = ref.stages[0][0].se
+    clip = np.random.default_rng(2).standard_normal((8, 4, 4, 9), np.float32)
+    clip += np.arange(8, dtype=np.float32)[:, None, None, None]
+    got = np.asarray(se.forward(se_params, jnp.asarray(clip)))
+    x = torch.from_numpy(clip).permute(3, 0, 1, 2)[None]
+    with torch.no_grad():
+        expected = [
+            torch_se(x[:, :, max(0, t - W + 1) : t + W])[0, :, min(t, W - 1)]
+            .permute(1, 2, 0)
+            .numpy()
+            for t in range(len(clip))
+        ]
+    np.testing.assert_allclose(got, np.stack(expected), rtol=1e-5, atol=1e-5)
+
+
 # --------------------------------------------------------------------------- streaming
 
 
@@ -291,6 +352,29 @@ def test_streaming_contract():
         (16, 16, 3),
         params=params,
         num_frames=model.receptive_field + 4,
+        num_streams=2,
+        check_grad=False,
+        rtol=1e-4,
+        atol=1e-4,
+    )
+
+
+def test_clip_se_streaming_contract():
+    model = x3d(
+        "S",
+        head_pool_frames=2,
+        se_scope="clip",
+        head_activation=None,
+        widths=(4, 8, 8, 8),
+        depths=(1, 1, 1, 1),
+        head_width=8,
+        num_classes=5,
+    )
+    assert model.delay == 2 + 4 + 1 + 4 * 1
+    verify_contract(
+        model,
+        (16, 16, 3),
+        num_frames=model.receptive_field + 3,
         num_streams=2,
         check_grad=False,
         rtol=1e-4,

@@ -2,11 +2,17 @@
 
 `x3d(size)` returns one `X3D` layer (a `Sequential`). One stream, channels-last: clip
 `(T, H, W, 3)` -> `(T - head_pool_frames + 1, num_classes)`, frame `(H, W, 3)` ->
-`(num_classes,)`. On a clip of `head_pool_frames` frames, `forward` is X3D's clip
-prediction (temporal zero padding kept, `temporal_fill="zeros"`) except for the SE:
-`se_scope="frame"` pools each frame, X3D the whole clip (see `x3d`). `step` emits one
-prediction per frame, over the last `head_pool_frames` frames, after a delay of
-`2 + #blocks + head_pool_frames - 1` (CoX3D-S: 40).
+`(num_classes,)`. `step` emits one prediction per frame, over the last
+`head_pool_frames` frames, after a delay of `2 + #blocks + head_pool_frames - 1`
+(CoX3D-S: 40), plus `se_clip_frames - 1` per SE block with `se_scope="clip"`.
+
+On a clip of `head_pool_frames` frames with `temporal_fill="zeros"`, `forward` (and
+the steps over that clip with `pad_end=True`) is X3D's clip prediction exactly when
+`se_scope="clip"`: every SE scales every frame by the mean over the whole clip. With
+`se_scope="frame"` (the reference CoX3D) each frame's SE pools that frame only, an
+approximation of X3D. On a longer stream both are continual networks: each step equals
+`forward` over the stream, whose temporal padding and SE windows sit at the stream's
+ends, not at each window's (no O(1)-per-frame network can re-pad every window).
 
 Architecture (specs/x3d.md): stem conv 1×3×3 stride (1, 2, 2) → depthwise temporal
 5×1×1 → BN → ReLU; four stages of bottleneck blocks a (1×1×1) → b (depthwise 3×3×3,
@@ -37,7 +43,7 @@ from cojax.layers.conv import Conv3d
 from cojax.layers.delay import Delay
 from cojax.layers.linear import Linear
 from cojax.layers.pointwise import BatchNorm3d, Dropout, ReLU, Sigmoid, SiLU, Softmax
-from cojax.layers.pool import AdaptiveAvgPool3d
+from cojax.layers.pool import AdaptiveAvgPool3d, AvgPool3d
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,25 +101,36 @@ def _stem(width: int, temporal_fill: str) -> Sequential:
     return Sequential({"conv_xy": conv_xy, "conv": conv_t, "bn": _bn(width), "relu": ReLU()})
 
 
-def _squeeze_excite(channels: int, se_scope: str) -> BroadcastReduce:
-    """`x * sigmoid(fc2(relu(fc1(pool(x)))))`; "frame" pools H, W of each frame."""
-    if se_scope == "clip":
-        raise NotImplementedError(
-            "x3d: se_scope='clip' (X3D's exact SE, a temporal average over a window of "
-            "frames) is not implemented yet; use se_scope='frame' (the reference CoX3D's "
-            "per-frame spatial pool)."
-        )
+def _squeeze_excite(channels: int, se_scope: str, clip_frames: int) -> BroadcastReduce:
+    """`x * sigmoid(fc2(relu(fc1(pool(x)))))`, pooling each frame or a clip.
+
+    "frame": `pool` is the spatial mean of each frame (the reference CoX3D).
+    "clip": `pool` is the spatial mean averaged over a centred window of
+    `2 * clip_frames - 1` frames with `clip_frames - 1` frames of uncounted padding at
+    each end. On a clip of `clip_frames` frames every window covers the whole clip, so
+    each frame is scaled by the clip mean: X3D's SE, exactly. Streaming, frame t waits
+    for frames up to `t + clip_frames - 1`: `clip_frames - 1` frames of extra delay.
+    """
     width = round_width(channels, SE_RATIO)
+    pools: dict[str, Layer] = {"pool": AdaptiveAvgPool3d((1, 1), temporal_kernel_size=1)}
+    if se_scope == "clip" and clip_frames > 1:
+        pools["clip_pool"] = AvgPool3d(
+            (2 * clip_frames - 1, 1, 1),
+            stride=1,
+            padding=(clip_frames - 1, 0, 0),
+            count_include_pad=False,
+        )
     scale = Sequential(
         {
-            "pool": AdaptiveAvgPool3d((1, 1), temporal_kernel_size=1),
+            **pools,
             "fc1": _pointwise(channels, width, bias=True),
             "relu": ReLU(),
             "fc2": _pointwise(width, channels, bias=True),
             "sigmoid": Sigmoid(),
         }
     )
-    return BroadcastReduce({"x": Identity(), "scale": scale}, reduce="mul")
+    x = Identity() if scale.delay == 0 else Delay(scale.delay)
+    return BroadcastReduce({"x": x, "scale": scale}, reduce="mul")
 
 
 def _block(
@@ -123,6 +140,7 @@ def _block(
     first: bool,
     use_se: bool,
     se_scope: str,
+    se_clip_frames: int,
     temporal_fill: str,
 ) -> Sequential:
     """One bottleneck block: `relu(shortcut(x) + branch2(x))`."""
@@ -144,7 +162,7 @@ def _block(
         "b_bn": _bn(inner),
     }
     if use_se:
-        layers["se"] = _squeeze_excite(inner, se_scope)
+        layers["se"] = _squeeze_excite(inner, se_scope, se_clip_frames)
     layers.update({"swish": SiLU(), "c": _pointwise(inner, c_out), "c_bn": _bn(c_out)})
     branch2 = Sequential(layers)
     if first:
@@ -163,7 +181,9 @@ def _block(
     return Sequential({"sum": total, "relu": ReLU()})
 
 
-def _stage(c_in: int, c_out: int, depth: int, se_scope: str, temporal_fill: str) -> Sequential:
+def _stage(
+    c_in: int, c_out: int, depth: int, se_scope: str, se_clip_frames: int, temporal_fill: str
+) -> Sequential:
     inner = int(BOTTLENECK_FACTOR * c_out)
     blocks = {
         f"res{j}": _block(
@@ -173,6 +193,7 @@ def _stage(c_in: int, c_out: int, depth: int, se_scope: str, temporal_fill: str)
             first=j == 0,
             use_se=j % 2 == 0,
             se_scope=se_scope,
+            se_clip_frames=se_clip_frames,
             temporal_fill=temporal_fill,
         )
         for j in range(depth)
@@ -260,6 +281,7 @@ def x3d(
     temporal_fill: str = "zeros",
     se_scope: str = "frame",
     *,
+    se_clip_frames: int | None = None,
     widths: Sequence[int] | None = None,
     depths: Sequence[int] | None = None,
     head_width: int = 2048,
@@ -270,9 +292,13 @@ def x3d(
 
     `head_pool_frames`: frames averaged by the head (default the size's clip length;
     CoX3D₆₄ uses 64). `temporal_fill`: start padding of the step state ("zeros" makes
-    `forward` equal X3D's clip computation). `se_scope`: "frame" pools each frame's
-    H, W in the squeeze-excitation (the reference CoX3D; X3D pools the whole clip, so
-    this matches it only approximately); "clip" is not implemented yet.
+    `forward` equal X3D's clip computation). `se_scope`: "clip" makes each
+    squeeze-excitation average a centred window of `2 * se_clip_frames - 1` frames
+    (padding uncounted), which on a clip of `se_clip_frames` frames is X3D's SE exactly,
+    at `se_clip_frames - 1` frames of extra delay per SE block (CoX3D-S: 220 frames in
+    all instead of 40); "frame" pools each frame's H, W only (the reference CoX3D:
+    cheaper, no extra delay, an approximation of X3D). `se_clip_frames` defaults to
+    `head_pool_frames`.
     `widths` (4 stage widths; the stem has `widths[0]`), `depths` (4 block counts) and
     `head_width` override the size's architecture (e.g. tiny models for tests).
     `head_activation`: "softmax" (X3D in eval) or None for logits.
@@ -291,13 +317,15 @@ def x3d(
     depths = _check_ints("depths", config.depths if depths is None else depths, 4)
     pool_frames = config.frames if head_pool_frames is None else head_pool_frames
     _check_ints("head_pool_frames", (pool_frames,), 1)
+    se_frames = pool_frames if se_clip_frames is None else se_clip_frames
+    _check_ints("se_clip_frames", (se_frames,), 1)
     _check_ints("num_classes", (num_classes,), 1)
     _check_ints("head_width", (head_width,), 1)
 
     layers: dict[str, Layer] = {"s1": _stem(widths[0], temporal_fill)}
     c_in = widths[0]
     for i, (width, depth) in enumerate(zip(widths, depths)):
-        layers[f"s{i + 2}"] = _stage(c_in, width, depth, se_scope, temporal_fill)
+        layers[f"s{i + 2}"] = _stage(c_in, width, depth, se_scope, se_frames, temporal_fill)
         c_in = width
     layers["head"] = _head(c_in, pool_frames, head_width, num_classes, dropout, head_activation)
     return X3D(layers)
