@@ -25,7 +25,7 @@ from cojax.core import (
     masked_step,
     valid_outputs,
 )
-from cojax.flops import clip_flops, flops
+from cojax.flops import clip_flops, compiled_flops, flops
 from cojax.layers.closure import Add, Constant, Identity, Lambda, Multiply, One, Reshape, Zero
 from cojax.layers.conv import Conv1d, Conv2d, Conv3d
 from cojax.layers.delay import Delay, Skip

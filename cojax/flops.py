@@ -9,7 +9,10 @@ import jax
 from cojax.core import Layer, Params, PyTree, as_spec
 
 
-def _cost_flops(compiled: Any) -> float:
+def compiled_flops(compiled: Any) -> float:
+    """FLOPs of an already compiled program (`jax.jit(f).lower(...).compile()`), as
+    XLA's cost analysis counts them: reuse the executable you run instead of compiling
+    again (what `flops` / `clip_flops` do)."""
     cost = compiled.cost_analysis()
     if isinstance(cost, (list, tuple)):
         cost = cost[0] if cost else {}
@@ -27,10 +30,10 @@ def flops(layer: Layer, params: Params, frame: PyTree) -> float:
     spec = as_spec(frame)
     state = jax.eval_shape(layer.init_state, params, spec)
     lowered = jax.jit(layer.step).lower(params, state, spec)
-    return _cost_flops(lowered.compile())
+    return compiled_flops(lowered.compile())
 
 
 def clip_flops(layer: Layer, params: Params, clip: PyTree) -> float:
     """FLOPs of `layer.forward` on a clip shaped like `clip` `(T, *spatial, C)`."""
     lowered = jax.jit(layer.forward).lower(params, as_spec(clip))
-    return _cost_flops(lowered.compile())
+    return compiled_flops(lowered.compile())
