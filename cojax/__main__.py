@@ -1,15 +1,19 @@
-"""`python -m cojax` (console script `cojax-demo`): stream a continual 3D CNN, frame by frame.
+"""`python -m cojax` (console script `cojax-demo`): stream CoX3D-S, frame by frame.
 
-Builds the built-in `small_x3d_like` network with random weights, streams a synthetic
-moving pattern through its jitted `step`, and shows that
+Builds CoX3D-S (`cojax.models.x3d("S")`, 3.8 M parameters) with random weights, or
+loads an X3D-S checkpoint (`--weights`, SlowFast/co3d or pytorchvideo layout, via
+`conversion.load_x3d`; needs the torch extra), streams a synthetic moving pattern
+through its jitted `step`, and shows that
 
-1. every step output equals the clip network (`forward`) on the same window,
-2. a step costs a fraction of the clip's FLOPs (XLA cost analysis), and
-3. how much faster continual stepping is than sliding-window clip inference (the
-   clip network re-run on the latest window every frame, jitted, same kernels),
-   for one stream and for N streams (`jax.vmap` via `co.step_streams`).
+1. the step outputs equal the clip network (`forward`) run on the whole stream,
+2. a step costs a fraction of the FLOPs of X3D-S clip inference on the latest 13
+   frames (XLA cost analysis of both compiled programs), and
+3. how much faster continual stepping is than sliding-window clip inference (the clip
+   network re-run on the latest 13 frames every frame, jitted, same kernels), for one
+   stream and for N streams (`jax.vmap` via `co.step_streams`).
 
-Exits with status 1 when the equivalence check fails.
+`--model small` runs the same on a small X3D-like network (`cojax.demo_models`) in a
+few seconds. Exits with status 1 when the equivalence check fails.
 """
 
 from __future__ import annotations
@@ -19,36 +23,111 @@ import functools
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cojax.core import Layer, Params
 from cojax.demo_models import init_random, num_params, small_x3d_like
-from cojax.flops import clip_flops, flops
+from cojax.flops import compiled_flops
+from cojax.models.x3d import X3D_SIZES, x3d
 from cojax.streams import init_streams, step_streams
 
-NUM_CLASSES = 10
+SMALL_CLASSES = 10
+X3D_CLASSES = 400
+
+
+class DemoModel(NamedTuple):
+    """The streamed network, its parameters, a one-line description and the clip length
+    of sliding-window inference (`window` frames give one prediction)."""
+
+    model: Layer
+    params: Params
+    description: str
+    window: int
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m cojax",
-        description="Stream a small continual 3D CNN through jit-compiled steps and "
-        "compare it with sliding-window clip inference.",
+        description="Stream CoX3D-S (or a small continual 3D CNN) through jit-compiled "
+        "steps and compare it with sliding-window clip inference.",
     )
-    parser.add_argument("--frames", type=int, default=48, help="frames per stream (default 48)")
-    parser.add_argument("--size", type=int, default=64, help="frame height = width (default 64)")
     parser.add_argument(
-        "--streams", type=int, default=8, help="concurrent streams for the vmap run (default 8)"
+        "--model",
+        choices=("cox3d-s", "small"),
+        default="cox3d-s",
+        help="cox3d-s: X3D-S as a continual network (default); small: a small X3D-like "
+        "network (seconds instead of a minute)",
+    )
+    parser.add_argument(
+        "--weights",
+        metavar="PATH",
+        help="an X3D-S checkpoint (.pyth/.pt, SlowFast/co3d or pytorchvideo keys) for "
+        "cox3d-s; default: random weights",
+    )
+    parser.add_argument(
+        "--se-scope",
+        choices=("frame", "clip"),
+        default="frame",
+        help="cox3d-s squeeze-excitation: frame (the reference CoX3D, default) or clip "
+        "(X3D's exact SE, 180 frames more delay)",
+    )
+    parser.add_argument(
+        "--size", type=int, help="frame height = width (default: 160 cox3d-s, 64 small)"
+    )
+    parser.add_argument(
+        "--frames", type=int, help="frames per stream (default: the model's delay + 16)"
+    )
+    parser.add_argument(
+        "--streams", type=int, default=4, help="concurrent streams for the vmap run (default 4)"
+    )
+    parser.add_argument(
+        "--timing-calls",
+        type=int,
+        default=8,
+        help="sliding-window clip calls timed per run (default 8)",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     args = parser.parse_args(argv)
+    if args.size is None:
+        args.size = 160 if args.model == "cox3d-s" else 64
     if args.size < 8:
         parser.error(f"--size must be >= 8, got {args.size}")
     if args.streams < 1:
         parser.error(f"--streams must be >= 1, got {args.streams}")
+    if args.timing_calls < 1:
+        parser.error(f"--timing-calls must be >= 1, got {args.timing_calls}")
+    if args.weights and args.model != "cox3d-s":
+        parser.error("--weights loads an X3D-S checkpoint: use it with --model cox3d-s")
     return args
+
+
+def build_model(args: argparse.Namespace) -> DemoModel:
+    """The demo network (logits, no softmax) with random or loaded weights."""
+    key = jax.random.PRNGKey(args.seed)
+    if args.model == "small":
+        model = small_x3d_like(num_classes=SMALL_CLASSES)
+        text = f"small_x3d_like(num_classes={SMALL_CLASSES}), random weights"
+        return DemoModel(model, init_random(model, key), text, model.receptive_field)
+    config = dict(se_scope=args.se_scope, head_activation=None)
+    if args.weights:
+        try:
+            from conversion import load_x3d
+        except ImportError as error:  # torch is an optional extra
+            raise SystemExit(
+                f"--weights needs PyTorch to read the checkpoint: pip install -e "
+                f'".[torch]" ({error})'
+            ) from error
+        model, params = load_x3d(args.weights, "S", **config)
+        source = f"weights from {args.weights}"
+    else:
+        model = x3d("S", X3D_CLASSES, **config)
+        params, source = init_random(model, key), "random weights"
+    text = f'CoX3D-S (x3d("S", se_scope="{args.se_scope}")), {source}, logits'
+    return DemoModel(model, params, text, X3D_SIZES["S"].frames)
 
 
 def moving_pattern(num_frames: int, size: int, seed: int = 0) -> np.ndarray:
@@ -93,11 +172,9 @@ def run_continual(step: Callable, params, state, clips: np.ndarray):
     return np.stack(ys), np.stack(valids), np.array(times)
 
 
-def run_sliding(forward: Callable, params, clips: np.ndarray, window: int):
-    """Sliding-window clip inference: `forward` on the latest `window` frames, each frame.
-
-    Returns outputs for frames `window - 1 ... T - 1` (time first) and times (ms).
-    """
+def time_sliding(forward: Callable, params, clips: np.ndarray, window: int, calls: int):
+    """Sliding-window clip inference timed: `forward` on the latest `window` frames,
+    for the last `calls` frames of the stream (ms per call; the first call compiles)."""
     time_axis = clips.ndim - 4
     num_frames = clips.shape[time_axis]
 
@@ -105,24 +182,20 @@ def run_sliding(forward: Callable, params, clips: np.ndarray, window: int):
         return np.take(clips, np.arange(t - window + 1, t + 1), axis=time_axis)
 
     jax.block_until_ready(forward(params, latest(window - 1)))
-    ys, times = [], []
-    for t in range(window - 1, num_frames):
-        y, ms = _timed(forward, params, latest(t))
-        ys.append(np.asarray(y)[..., 0, :])  # the window gives exactly one output frame
-        times.append(ms)
-    return np.stack(ys), np.array(times)
+    first = max(window - 1, num_frames - calls)
+    return np.array([_timed(forward, params, latest(t))[1] for t in range(first, num_frames)])
 
 
 def compare(step_ys: np.ndarray, valid: np.ndarray, clip_ys: np.ndarray, delay: int):
     """Max |step - clip| over the emitted outputs, max |clip|, and whether they match.
 
-    Step outputs become valid at frame `delay` (= window - 1 here), i.e. exactly where
-    sliding-window outputs start.
+    `clip_ys` is `forward` on the whole stream (time first). Step outputs become valid
+    at frame `delay`; the step at frame `delay + i` gives `forward`'s output `i`.
     """
     emitted = valid[delay:]
-    if not np.all(emitted):
+    if not np.all(emitted) or len(emitted) == 0 or len(emitted) > len(clip_ys):
         return np.inf, float(np.abs(clip_ys).max()), False
-    err = float(np.abs(step_ys[delay:] - clip_ys).max())
+    err = float(np.abs(step_ys[delay:] - clip_ys[: len(emitted)]).max())
     scale = float(np.abs(clip_ys).max())
     return err, scale, bool(err <= 1e-5 + 1e-4 * scale)
 
@@ -155,68 +228,87 @@ def _speed_rows(results: list[tuple[str, int, np.ndarray]]) -> list[list[str]]:
     return rows
 
 
-def _print_header(args: argparse.Namespace, model, params) -> None:
-    print("cojax demo: a continual X3D-like 3D CNN on a synthetic stream")
+def _print_header(args: argparse.Namespace, demo: DemoModel) -> None:
+    model = demo.model
+    print("cojax demo: a continual 3D CNN streaming a synthetic video, frame by frame")
     print(
-        f"  model: small_x3d_like(num_classes={NUM_CLASSES}), {num_params(params):,} parameters, "
+        f"  model: {demo.description}; {num_params(demo.params):,} parameters, "
         f"receptive field {model.receptive_field} frames, delay {model.delay}"
     )
     print(
         f"  input: {args.frames} frames of {args.size}x{args.size}x3 (moving pattern), "
         f"{args.streams} streams for vmap, seed {args.seed}, jax {jax.__version__} "
-        f"on {jax.devices()[0].platform}"
+        f"on {jax.devices()[0].platform}",
+        flush=True,
     )
 
 
-def _print_equivalence(checks: list[tuple[str, tuple]], outputs: int, window: int) -> None:
-    print(f"\n1. Equivalence: continual step vs clip forward on the same {window}-frame window")
+def _print_equivalence(checks: list[tuple[str, tuple]], outputs: int) -> None:
+    print("\n1. Equivalence: continual steps vs the clip network (forward) on the whole stream")
     rows = [["run", "outputs", "max |step - clip|", "max |clip|", "result"]]
     for name, (err, scale, ok) in checks:
         rows.append([name, str(outputs), f"{err:.2e}", f"{scale:.3g}", "PASS" if ok else "FAIL"])
     print(_table(rows))
 
 
-def _print_flops(model, params, frame: jax.ShapeDtypeStruct) -> None:
-    window = model.receptive_field
-    step = flops(model, params, frame)
-    clip = clip_flops(model, params, jax.ShapeDtypeStruct((window, *frame.shape), frame.dtype))
-    print("\n2. FLOPs per output frame (XLA cost analysis of the compiled step / clip program)")
+def _print_flops(step: float, clip: float, window: int) -> None:
+    print("\n2. FLOPs per prediction (XLA cost analysis of the compiled step / clip program)")
     rows = [
-        ["program", "MFLOP/frame"],
-        ["continual step", f"{step / 1e6:.2f}"],
-        [f"clip forward ({window} frames)", f"{clip / 1e6:.2f}"],
+        ["program", "GFLOP/prediction"],
+        ["continual step (one frame in)", f"{step / 1e9:.4f}"],
+        [f"clip forward on the latest {window} frames", f"{clip / 1e9:.4f}"],
         ["ratio clip / step", f"{clip / step:.2f}x"],
     ]
-    print(_table(rows))
+    print(_table(rows), flush=True)
+
+
+def _progress(text: str) -> None:
+    print(f"  .. {text}", flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the demo; returns the process exit status (0 on PASS)."""
     args = parse_args(argv)
     started = time.perf_counter()
-    model = small_x3d_like(num_classes=NUM_CLASSES)
-    params = init_random(model, jax.random.PRNGKey(args.seed))
-    window = model.receptive_field
-    if args.frames < window:
-        print(f"error: --frames must be >= the receptive field ({window}), got {args.frames}")
+    demo = build_model(args)
+    model, params, window = demo.model, demo.params, demo.window
+    minimum = max(model.delay + 1, window)
+    if args.frames is None:
+        args.frames = model.delay + 16
+    if args.frames < minimum:
+        print(
+            f"error: --frames must be > the delay ({model.delay}) and >= the clip length "
+            f"({window}), got {args.frames}"
+        )
         return 2
     frame = jax.ShapeDtypeStruct((args.size, args.size, 3), jnp.float32)
     clip = moving_pattern(args.frames, args.size, args.seed)
     clips = np.stack(
         [moving_pattern(args.frames, args.size, args.seed + i) for i in range(args.streams)]
     )
-    _print_header(args, model, params)
+    _print_header(args, demo)
 
-    # One stream: jitted step vs the clip network on the latest window, every frame.
+    # One stream: the jitted step through the stream; the clip network on all of it.
+    # The timed programs are compiled once, and XLA counts their FLOPs (`co.flops` and
+    # `co.clip_flops` give the same counts but compile again).
+    _progress("compiling and running the step, 1 stream")
     state = model.init_state(params, frame)
-    ys, valid, t_step = run_continual(jax.jit(model.step), params, state, clip)
-    ys_clip, t_clip = run_sliding(jax.jit(model.forward), params, clip, window)
+    step = jax.jit(model.step).lower(params, state, clip[0]).compile()
+    ys, valid, t_step = run_continual(step, params, state, clip)
+    _progress("compiling and running the clip network on the whole stream")
+    forward = jax.jit(model.forward)
+    ys_clip = np.asarray(forward(params, clip))
     # N streams: the same, vmapped (`co.step_streams` for the continual step).
+    _progress(f"compiling and running the step, {args.streams} streams")
     states = init_streams(model, params, frame, args.streams)
     many_step = jax.jit(functools.partial(step_streams, model))
     ys_n, valid_n, t_step_n = run_continual(many_step, params, states, clips)
     many_forward = jax.jit(jax.vmap(model.forward, in_axes=(None, 0)))
-    ys_clip_n, t_clip_n = run_sliding(many_forward, params, clips, window)
+    ys_clip_n = np.moveaxis(np.asarray(many_forward(params, clips)), 1, 0)
+    _progress("timing sliding-window clip inference")
+    sliding = forward.lower(params, clip[:window]).compile()
+    t_clip = time_sliding(sliding, params, clip, window, args.timing_calls)
+    t_clip_n = time_sliding(many_forward, params, clips, window, args.timing_calls)
 
     checks = [
         ("1 stream", compare(ys, valid, ys_clip, model.delay)),
@@ -225,9 +317,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             compare(ys_n, valid_n.all(axis=1), ys_clip_n, model.delay),
         ),
     ]
-    _print_equivalence(checks, args.frames - model.delay, window)
-    _print_flops(model, params, frame)
-    print("\n3. Speed (jit, median over the stream's frames; ms per step of all streams)")
+    _print_equivalence(checks, args.frames - model.delay)
+    _print_flops(compiled_flops(step), compiled_flops(sliding), window)
+    print(
+        f"\n3. Speed (jit; ms per call for all streams, median; sliding-window clip = "
+        f"forward on the latest {window} frames)"
+    )
     results = [
         ("continual step", 1, t_step),
         ("sliding-window clip", 1, t_clip),
