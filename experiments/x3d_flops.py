@@ -1,11 +1,13 @@
 """FLOPs per prediction: X3D clip inference vs CoX3D per-frame inference (XLA-measured).
 
-For each size (S, M, L, and XS with `--sizes`), one `x3d(size)` model:
-- X3D clip: `co.clip_flops(model, params, clip)` on a clip of T × crop² × 3 (S 13×160²,
-  M 16×224², L 16×312², XS 4×160²): the head pools all T frames, so the clip gives ONE
-  prediction (checked: output `(1, num_classes)`).
-- CoX3D per frame: `co.flops(model, params, frame)` on one crop² × 3 frame: one step,
-  one prediction.
+For each size (S, M, L, and XS with `--sizes`):
+- X3D clip: `co.clip_flops(model, params, clip)` of `x3d(size, se_scope="clip")`
+  (X3D exactly) on a clip of T × crop² × 3 (S 13×160², M 16×224², L 16×312², XS
+  4×160²): the head pools all T frames, so the clip gives ONE prediction (checked:
+  output `(1, num_classes)`).
+- CoX3D per frame: `co.flops(model, params, frame)` of `x3d(size)` (se_scope "frame",
+  the paper's CoX3D) on one crop² × 3 frame: one step, one prediction; and the same
+  for `x3d(size, se_scope="clip")` (X3D's exact SE, more delay).
 Parameters and inputs are ShapeDtypeStructs (`jax.eval_shape`), nothing is allocated.
 
 Units. The paper (fvcore) counts one multiply-add as one "FLOP"; XLA's cost analysis
@@ -101,19 +103,21 @@ def analytic_macs(
 def measure(size: str) -> dict:
     """XLA FLOPs of one clip prediction and one step prediction of X3D-`size`."""
     config = X3D_SIZES[size]
-    model = x3d(size)
+    model, exact = x3d(size), x3d(size, se_scope="clip")
     params = jax.eval_shape(model.init, jax.random.PRNGKey(0))
+    exact_params = jax.eval_shape(exact.init, jax.random.PRNGKey(0))
     crop = config.crop
     clip = jax.ShapeDtypeStruct((config.frames, crop, crop, 3), jnp.float32)
     frame = jax.ShapeDtypeStruct((crop, crop, 3), jnp.float32)
-    out = jax.eval_shape(model.forward, params, clip)
+    out = jax.eval_shape(exact.forward, exact_params, clip)
     if out.shape != (1, 400):
         raise RuntimeError(f"X3D-{size} clip output {out.shape}, expected one prediction.")
     t0 = time.perf_counter()
-    clip_f = co.clip_flops(model, params, clip)
+    clip_f = co.clip_flops(exact, exact_params, clip)
     t1 = time.perf_counter()
     step_f = co.flops(model, params, frame)
     t2 = time.perf_counter()
+    exact_step_f = co.flops(exact, exact_params, frame)
     clip_macs = analytic_macs(crop, config.frames, config.depths)
     step_macs = analytic_macs(crop, 1, config.depths)
     row = {
@@ -125,6 +129,10 @@ def measure(size: str) -> dict:
         "xla_clip_gmacs_equiv": clip_f / 2e9,
         "xla_step_gmacs_equiv": step_f / 2e9,
         "xla_ratio": clip_f / step_f,
+        "xla_step_clip_se_gflops": exact_step_f / 1e9,
+        "xla_ratio_clip_se": clip_f / exact_step_f,
+        "delay_frame_se": model.delay,
+        "delay_clip_se": exact.delay,
         "analytic_clip_gmacs": clip_macs / 1e9,
         "analytic_step_gmacs": step_macs / 1e9,
         "analytic_ratio": clip_macs / step_macs,
@@ -151,8 +159,9 @@ def table(rows: list[dict]) -> str:
     head = (
         "| size | X3D clip XLA GFLOPs | ÷2 (GMAC-eq) | analytic GMACs | paper X3D GFLOPs "
         "| CoX3D step XLA GFLOPs | ÷2 (GMAC-eq) | analytic GMACs | paper CoX3D GFLOPs "
-        "| ratio XLA | ratio analytic | ratio paper | XLA vs paper |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "| ratio XLA | ratio analytic | ratio paper | XLA vs paper "
+        "| clip-SE step XLA GFLOPs, ratio, delay |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
     lines = [head]
     for r in rows:
@@ -164,7 +173,9 @@ def table(rows: list[dict]) -> str:
             f"| {_fmt(r['xla_step_gflops'])} | {_fmt(r['xla_step_gmacs_equiv'])} "
             f"| {_fmt(r['analytic_step_gmacs'])} | {_fmt(r['paper_cox3d_gflops'], 2)} "
             f"| {_fmt(r['xla_ratio'], 2, '×')} | {_fmt(r['analytic_ratio'], 2, '×')} "
-            f"| {_fmt(r['paper_ratio'], 1, '×')} | {verdict} |"
+            f"| {_fmt(r['paper_ratio'], 1, '×')} | {verdict} "
+            f"| {_fmt(r['xla_step_clip_se_gflops'])}, {_fmt(r['xla_ratio_clip_se'], 2, '×')}, "
+            f"{r['delay_clip_se']} (frame SE: {r['delay_frame_se']}) |"
         )
     return "\n".join(lines)
 
