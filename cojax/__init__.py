@@ -26,6 +26,11 @@ from cojax.core import (
     valid_outputs,
 )
 from cojax.flops import clip_flops, compiled_flops, flops
+from cojax.layers.attention import (
+    RetroactiveMultiheadAttention,
+    SingleOutputMultiheadAttention,
+    multihead_self_attention,
+)
 from cojax.layers.closure import Add, Constant, Identity, Lambda, Multiply, One, Reshape, Zero
 from cojax.layers.conv import Conv1d, Conv2d, Conv3d
 from cojax.layers.delay import Delay, Skip
