@@ -90,7 +90,18 @@ from cojax.layers.pool import (
     MaxPool2d,
     MaxPool3d,
 )
+from cojax.layers.positional import (
+    PositionState,
+    RecyclingPositionalEncoding,
+    cyclic_positional_table,
+)
 from cojax.layers.recurrent import GRU, LSTM, RNN, LSTMState, RNNState
+from cojax.layers.transformer import (
+    RetroactiveTransformerEncoderLayer,
+    SingleOutputTransformerEncoderLayer,
+    TransformerEncoder,
+    WindowTransformerEncoderLayer,
+)
 from cojax.models import X3D, x3d
 from cojax.streams import init_streams, step_streams
 

@@ -2,10 +2,13 @@
 
 `from_continual(module)` converts a network built with the `continual-inference`
 package into a cojax layer and its params; `load_x3d(checkpoint, size)` loads an X3D
-checkpoint (SlowFast/co3d or pytorchvideo layout) into `cojax.models.x3d`.
+checkpoint (SlowFast/co3d or pytorchvideo layout) into `cojax.models.x3d`;
+`from_torch_transformer(module, sequence_len)` turns a plain torch attention or
+transformer encoder into its continual form.
 """
 
 from conversion.continual import from_continual
+from conversion.transformer import from_torch_transformer
 from conversion.x3d import load_x3d
 
-__all__ = ["from_continual", "load_x3d"]
+__all__ = ["from_continual", "from_torch_transformer", "load_x3d"]

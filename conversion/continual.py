@@ -99,7 +99,8 @@ def _convert(module: Any, path: str, ctx: _Context) -> Converted:
         f"from_continual: no conversion for {type(module).__module__}."
         f"{type(module).__qualname__} at {where(path)}. Supported: continual-inference "
         "containers, convolutions, pools, Linear(channel_dim=1), RNN/GRU/LSTM, Delay, Skip, "
-        "Reshape, closures, and the per-frame torch.nn activations, norms and dropouts. "
+        "Reshape, closures, the continual attentions, transformer encoders and recycling "
+        "positional encoding, and the per-frame torch.nn activations, norms and dropouts. "
         "Build this part in cojax directly."
     )
 
@@ -110,6 +111,8 @@ def _handlers() -> dict[type, Callable[[Any, str, _Context], Converted]]:
     import continual as co
     from torch import nn
 
+    from conversion import transformer
+    from conversion.positional import convert_recycling_positional_encoding
     from conversion.torch_layers import frame_layer_handlers
 
     table: dict[type, Callable[[Any, str, _Context], Converted]] = {
@@ -176,6 +179,14 @@ def _handlers() -> dict[type, Callable[[Any, str, _Context], Converted]]:
     ):
         table[cls] = _plain_adaptive_pool
     table.update(frame_layer_handlers())
+    table.update(
+        {
+            co.RetroactiveMultiheadAttention: transformer.continual_mha,
+            co.SingleOutputMultiheadAttention: transformer.continual_mha,
+            co.TransformerEncoder: transformer.continual_encoder,
+            co.RecyclingPositionalEncoding: convert_recycling_positional_encoding,
+        }
+    )
     return table
 
 
@@ -206,6 +217,11 @@ def _children(module: Any, path: str, ctx: _Context) -> tuple[dict, dict]:
 
 
 def _sequential(module: Any, path: str, ctx: _Context) -> Converted:
+    from conversion.transformer import continual_encoder_layer
+
+    encoder_layer = continual_encoder_layer(module, path)  # the reference's layer factories
+    if encoder_layer is not None:
+        return encoder_layer
     layers, params = _children(module, path, ctx)
     return Sequential(layers), params
 
