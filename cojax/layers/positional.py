@@ -106,7 +106,10 @@ class RecyclingPositionalEncoding(Layer):
     counter (`forward_update_index_steps`). cojax's `forward` is stateless: pass the
     start row as `offset` instead (e.g. a random integer per batch), which is what the
     reference's forward computes after its counter has reached `offset`.
-    The recommended `num_embeds` for windows of N tokens is `2 * N - 1`.
+    The recommended `num_embeds` for windows of N tokens is `2 * N - 1`. Unlike the
+    reference, `forward` accepts clips longer than `num_embeds`: the rows wrap exactly
+    as the steps over that stream do (any N <= num_embeds consecutive frames still see
+    distinct rows).
     """
 
     embed_dim: int
@@ -151,12 +154,6 @@ class RecyclingPositionalEncoding(Layer):
 
     def check_clip(self, clip: Any) -> None:
         check_array(self, clip, ndim=2, channels=self.embed_dim, what="clip", layout="(T, E)")
-        if clip.shape[0] > self.num_embeds:
-            raise ValueError(
-                f"{layer_name(self)}: a clip may have at most num_embeds = {self.num_embeds} "
-                f"frames (more would repeat positions within it), got {clip.shape[0]}. "
-                "Use a larger num_embeds (2 * T - 1 is recommended) or stream with step."
-            )
 
     def forward(self, params: Params, clip: Array, offset: int | Array = 0) -> Array:
         """`clip + pe[(arange(T) + offset) mod num_embeds]`; `offset` an int scalar."""
