@@ -102,7 +102,7 @@ from cojax.layers.transformer import (
     TransformerEncoder,
     WindowTransformerEncoderLayer,
 )
-from cojax.models import X3D, x3d
+from cojax.models import X3D, CoOadTR, co_oadtr, x3d
 from cojax.streams import init_streams, step_streams
 
 __version__ = "0.1.0"
