@@ -61,14 +61,35 @@ def project_qkv(params: Params, x: Array, num_heads: int) -> tuple[Array, Array,
 
     q is scaled by 1/√d after the bias, as `nn.MultiheadAttention` does.
     """
+    y = _in_projection(params, x, 0, 3)
+    q, k, v = (_heads(a, num_heads) for a in jnp.split(y, 3, axis=-1))
+    return q / math.sqrt(q.shape[-1]), k, v
+
+
+def project_q(params: Params, x: Array, num_heads: int) -> Array:
+    """Only the (scaled) queries of `x (..., E)`: `(..., H, d)`."""
+    q = _heads(_in_projection(params, x, 0, 1), num_heads)
+    return q / math.sqrt(q.shape[-1])
+
+
+def project_kv(params: Params, x: Array, num_heads: int) -> tuple[Array, Array]:
+    """Only the keys and values of `x (..., E)`: `(..., H, d)` each."""
+    k, v = jnp.split(_in_projection(params, x, 1, 3), 2, axis=-1)
+    return _heads(k, num_heads), _heads(v, num_heads)
+
+
+def _in_projection(params: Params, x: Array, first: int, stop: int) -> Array:
+    """Parts `first` … `stop - 1` (0 q, 1 k, 2 v) of the packed in-projection of x."""
     proj = params["in_proj"]
-    y = jnp.einsum("...e,ef->...f", x, proj["kernel"].astype(x.dtype))
+    E = proj["kernel"].shape[0]
+    y = jnp.einsum("...e,ef->...f", x, proj["kernel"][:, first * E : stop * E].astype(x.dtype))
     if "bias" in proj:
-        y = y + proj["bias"].astype(x.dtype)
-    q, k, v = jnp.split(y, 3, axis=-1)
-    heads = q.shape[:-1] + (num_heads, q.shape[-1] // num_heads)
-    q, k, v = (a.reshape(heads) for a in (q, k, v))
-    return q / math.sqrt(heads[-1]), k, v
+        y = y + proj["bias"][first * E : stop * E].astype(x.dtype)
+    return y
+
+
+def _heads(a: Array, num_heads: int) -> Array:
+    return a.reshape(a.shape[:-1] + (num_heads, a.shape[-1] // num_heads))
 
 
 def project_out(params: Params, o: Array) -> Array:

@@ -43,7 +43,9 @@ from cojax.layers.attention import (
     RetroactiveMultiheadAttention,
     SingleOutputMultiheadAttention,
     attend,
+    project_kv,
     project_out,
+    project_q,
     project_qkv,
 )
 from cojax.layers.closure import Identity
@@ -301,14 +303,16 @@ class WindowTransformerEncoderLayer(_EncoderBlock, FrameLayer):
         FrameLayer.check_clip(self, clip)
 
     def apply(self, params: Params, x: Array) -> Array:
-        q, k, v = project_qkv(params["self_attn"], self._attention_input(params, x), self.nhead)
-        if self.query_index is not None:
-            row = self.query_index % self.sequence_len
-            q, x = q[..., row : row + 1, :, :], x[..., row, :]
-            attended = project_out(params["self_attn"], attend(q, k, v))[..., 0, :]
-        else:
-            attended = project_out(params["self_attn"], attend(q, k, v))
-        return self._finish(params, x, attended)
+        inputs = self._attention_input(params, x)
+        if self.query_index is None:
+            q, k, v = project_qkv(params["self_attn"], inputs, self.nhead)
+            return self._finish(params, x, project_out(params["self_attn"], attend(q, k, v)))
+        # One query row: project its query only (keys and values of all N tokens).
+        row = self.query_index % self.sequence_len
+        q = project_q(params["self_attn"], inputs[..., row : row + 1, :], self.nhead)
+        k, v = project_kv(params["self_attn"], inputs, self.nhead)
+        attended = project_out(params["self_attn"], attend(q, k, v))[..., 0, :]
+        return self._finish(params, x[..., row, :], attended)
 
 
 # --------------------------------------------------------------------------- encoder
