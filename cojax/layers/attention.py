@@ -308,15 +308,17 @@ class RetroactiveState(NamedTuple):
     """State of `RetroactiveMultiheadAttention` (per head; rows oldest first).
 
     The N - 1 earlier rows' queries, the keys and values of the last N - 1 tokens,
-    each row's aggregate over the keys that arrived after it (`grow`), and a ring of
-    suffix tables: slot s holds, for the row written there, the aggregates over
-    positions a..N-1 of its first window, a = 1 … N-1 (`suffix.m` `(N-1, N-1, H)`).
+    each row's aggregate over the keys that arrived after it (`grow`), the suffix
+    entry each row needs at the next step (`pending`), and a ring of suffix tables:
+    slot s holds, for the row written there, the aggregates over positions a..N-1 of
+    its first window, a = 1 … N-1 (`suffix.m` `(N-1, N-1, H)`).
     """
 
     queries: Array  # (N - 1, H, d), scaled
     keys: Array  # (N - 1, H, d)
     values: Array  # (N - 1, H, d)
     grow: Aggregate  # (N - 1, H) / (N - 1, H, d)
+    pending: Aggregate  # (N - 1, H) / (N - 1, H, d)
     suffix: Aggregate  # (N - 1 slots, N - 1 ages, H) / (..., d)
     slot: Array  # int32 in [0, N - 2]: the slot the next row is written to
     count: Array  # int32, see `cojax.core.advance_counter`
@@ -357,6 +359,7 @@ class RetroactiveMultiheadAttention(_WindowAttention):
             self._qkv_memory(n, dtype),
             self._qkv_memory(n, dtype),
             _empty((n, H), d, dtype),
+            _empty((n, H), d, dtype),
             _empty((n, n, H), d, dtype),
             jnp.zeros((), jnp.int32),
             new_counter(),
@@ -369,13 +372,10 @@ class RetroactiveMultiheadAttention(_WindowAttention):
         keys = jnp.concatenate([state.keys, k[None]])  # the window's N keys
         values = jnp.concatenate([state.values, v[None]])
 
-        # Earlier rows: add the arriving key to their growth, read their suffix at
-        # their age a = n - r (row r = 0 is the oldest, about to leave).
+        # Earlier rows: their suffix (read at the end of the last step) and their
+        # growth, now with the arriving key.
         grow = combine(state.grow, _single_key(jnp.einsum("rhd,hd->rh", state.queries, k), v))
-        ages = n - jnp.arange(n)
-        slots = (state.slot - ages) % n
-        suffix = jax.tree_util.tree_map(lambda a: a[slots, ages - 1], state.suffix)
-        earlier = combine(suffix, grow)
+        earlier = combine(state.pending, grow)
 
         # The new row: suffix aggregates of its window, positions a..N-1 for every a.
         logits = jnp.einsum("nhd,hd->nh", keys, q)
@@ -384,17 +384,26 @@ class RetroactiveMultiheadAttention(_WindowAttention):
         rows = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b[:1]]), earlier, suffixes)
         y = project_out(params, _normalise(rows))  # (N, E)
 
+        # Write the new row's suffixes into its slot, then read what every live row
+        # needs at the next step (its age a = n - r there, row r = 0 the oldest). The
+        # ring is only read after it is written, so XLA updates it in place (with a
+        # donated state or in lax.scan); reading first would force a copy of it.
+        ring = jax.tree_util.tree_map(
+            lambda table, new: lax.dynamic_update_index_in_dim(table, new[1:], state.slot, 0),
+            state.suffix,
+            suffixes,
+        )
+        ages = n - jnp.arange(n)
+        slots = (state.slot + 1 - ages) % n
+        pending = jax.tree_util.tree_map(lambda table: table[slots, ages - 1], ring)
         empty = _empty((1, self.num_heads), self.head_dim, frame.dtype)
         new_state = RetroactiveState(
             queries=jnp.concatenate([state.queries[1:], q[None]]),
             keys=keys[1:],
             values=values[1:],
             grow=jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a[1:], b]), grow, empty),
-            suffix=jax.tree_util.tree_map(
-                lambda ring, new: lax.dynamic_update_index_in_dim(ring, new[1:], state.slot, 0),
-                state.suffix,
-                suffixes,
-            ),
+            pending=pending,
+            suffix=ring,
             slot=(state.slot + 1) % n,
             count=state.count,
         )
