@@ -233,11 +233,13 @@ class _WindowAttention(Layer):
 
 
 class SingleOutputState(NamedTuple):
-    """Keys and values of the last N - 1 tokens and the queries after the selected one."""
+    """Keys and values of the window's tokens in a ring (token t in slot t mod N; the
+    softmax does not depend on their order) and the queries after the selected one."""
 
-    keys: Array  # (N - 1, H, d)
-    values: Array  # (N - 1, H, d)
+    keys: Array  # (N, H, d)
+    values: Array  # (N, H, d)
     queries: Array  # (n_q, H, d), scaled
+    slot: Array  # int32 in [0, N - 1]: the slot of the next token
     count: Array  # int32, see `cojax.core.advance_counter`
 
 
@@ -282,22 +284,26 @@ class SingleOutputMultiheadAttention(_WindowAttention):
         dtype = as_spec(frame).dtype
         N = self.sequence_len
         return SingleOutputState(
-            self._qkv_memory(N - 1, dtype),
-            self._qkv_memory(N - 1, dtype),
+            self._qkv_memory(N, dtype),
+            self._qkv_memory(N, dtype),
             self._qkv_memory(N - 1 - self.query_position, dtype),
+            jnp.zeros((), jnp.int32),
             new_counter(),
         )
 
     def step(self, params: Params, state: SingleOutputState, frame: Array):
         self.check_frame(frame)
         q, k, v = project_qkv(params, frame, self.num_heads)
-        keys = jnp.concatenate([state.keys, k[None]])
-        values = jnp.concatenate([state.values, v[None]])
+        # The arriving token replaces the leaving one in the ring: one slot written
+        # (in place with a donated state or in lax.scan), not the window shifted.
+        keys = lax.dynamic_update_index_in_dim(state.keys, k, state.slot, 0)
+        values = lax.dynamic_update_index_in_dim(state.values, v, state.slot, 0)
         queries = jnp.concatenate([state.queries, q[None]])
         out = attend(queries[:1], keys, values)[0]
         y = project_out(params, out)
         valid, count = advance_counter(state.count, self.delay, 1)
-        new_state = SingleOutputState(keys[1:], values[1:], queries[1:], count)
+        slot = (state.slot + 1) % self.sequence_len
+        new_state = SingleOutputState(keys, values, queries[1:], slot, count)
         return new_state, (zero_unless(valid, y), valid)
 
 
