@@ -131,6 +131,21 @@ def nystrom_attention(q: Array, k: Array, v: Array, m: int, iterations: int = 6)
     )
 
 
+def nystrom_attention_rows(
+    q: Array, k: Array, v: Array, m: int, iterations: int = 6, rows: int = -1
+) -> Array:
+    """Offline Nyström attention `(n, H, d)` -> one row `(H, d)` (`rows` its index):
+    the landmarks are those of the whole window, only that query is attended."""
+    n = q.shape[0]
+    q_row = q[rows][None]
+    if m >= n:
+        weights = jax.nn.softmax(jnp.einsum("qhd,khd->hqk", q_row, k), axis=-1)
+        return jnp.einsum("hqk,khd->qhd", weights, v)[0]
+    q_land, k_land = segment_means(q, m), segment_means(k, m)
+    kernel = middle_kernel(q_land, k_land, iterations)
+    return nystrom_with_landmarks(q_row, k, v, q_land, k_land, kernel)[0]
+
+
 # --------------------------------------------------------------------------- segment tree
 
 
@@ -498,24 +513,31 @@ def _leaf_rows(logits: Array, values: Array, size: int) -> Aggregate:
 
 @dataclasses.dataclass(frozen=True)
 class NystromLayer(Layer):
-    """A `ContinualNystromAttention` module as a cojax layer (the contract's methods).
+    """A continual Flax module as a cojax layer (the contract's methods).
 
-    `params` are the module's Flax variables ({"params": …, "landmarks": …}).
-    Frames `(E,)`; clips `(T, E)`.
+    `module`: a `ContinualNystromAttention` or any Flax module with `sequence_len`,
+    `__call__(clip)`, `init_state(frame)` and `step(state, frame)` (e.g.
+    `cojax.models.NystromformerClassifier`). `params` are the module's Flax variables
+    ({"params": …, "landmarks": …}). Frames `(C,)` with C the module's `input_dim`
+    (or `embed_dim`); clips `(T, C)`; delay `sequence_len - 1`.
     """
 
-    module: ContinualNystromAttention
+    module: nn.Module
 
     @property
     def receptive_field(self) -> int:
         return self.module.sequence_len
 
+    @property
+    def channels(self) -> int:
+        return getattr(self.module, "input_dim", None) or self.module.embed_dim
+
     def init(self, key: Array) -> Params:
-        dummy = jnp.zeros((self.module.sequence_len, self.module.embed_dim), jnp.float32)
+        dummy = jnp.zeros((self.module.sequence_len, self.channels), jnp.float32)
         return dict(self.module.init(key, dummy))
 
     def check_frame(self, frame: Any) -> None:
-        check_array(self, frame, ndim=1, channels=self.module.embed_dim, layout="(E,)")
+        check_array(self, frame, ndim=1, channels=self.channels, layout="(C,)")
 
     def forward(self, params: Params, clip: Array) -> Array:
         return self.module.apply(params, clip)
@@ -527,3 +549,57 @@ class NystromLayer(Layer):
     def step(self, params: Params, state, frame: Array):
         self.check_frame(frame)
         return self.module.apply(params, state, frame, method="step")
+
+
+# --------------------------------------------------------------------------- landmarks
+
+
+def fit_landmarks(
+    module: ContinualNystromAttention,
+    variables: Params,
+    tokens: Array,
+    seed: int = 0,
+) -> Params:
+    """Fixed landmarks for `module` from training tokens, by k-means (scikit-learn).
+
+    `tokens` `(..., E)`: inputs of this attention layer seen in training (any leading
+    shape, flattened). Each head's scaled queries and keys are clustered into
+    `num_landmarks` centres. Returns `variables` with a "landmarks" collection
+    ({"queries", "keys"} `(H, m, d)`), for a module with `landmarks="fixed"`.
+
+    The paper's schedule: train with `landmarks="updated"`, fit the landmarks on the
+    training tokens with this function, then fine-tune with `landmarks="fixed"`
+    (`with_fixed_landmarks(module)`; the parameters carry over unchanged).
+    """
+    try:
+        from sklearn.cluster import KMeans
+    except ImportError as error:  # an optional dependency
+        raise ImportError(
+            "fit_landmarks needs scikit-learn: pip install 'cojax[fit]' (or scikit-learn)."
+        ) from error
+    flat = jnp.reshape(jnp.asarray(tokens), (-1, module.embed_dim))
+    m = module.num_landmarks
+    check_config(
+        flat.shape[0] >= m,
+        module,
+        f"fit_landmarks needs at least num_landmarks = {m} tokens, got {flat.shape[0]}.",
+    )
+    projections = NystromAttention(module.embed_dim, module.num_heads, m, use_bias=module.use_bias)
+    q, k, _ = projections.apply({"params": variables["params"]}, flat, method="project")
+
+    def centres(x: Array) -> np.ndarray:
+        x = np.asarray(x, np.float64)  # (S, H, d)
+        fits = [
+            KMeans(n_clusters=m, n_init=4, random_state=seed).fit(x[:, h]).cluster_centers_
+            for h in range(x.shape[1])
+        ]
+        return np.stack(fits).astype(np.float32)  # (H, m, d)
+
+    landmarks = {"queries": jnp.asarray(centres(q)), "keys": jnp.asarray(centres(k))}
+    return {**variables, "landmarks": landmarks}
+
+
+def with_fixed_landmarks(module: ContinualNystromAttention) -> ContinualNystromAttention:
+    """The same attention with `landmarks="fixed"` (for fine-tuning after training
+    with updated landmarks; the parameters are unchanged)."""
+    return module.clone(landmarks="fixed")
