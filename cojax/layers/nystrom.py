@@ -34,7 +34,6 @@ Both continual forms keep the cojax layer contract through `NystromLayer`
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -170,23 +169,23 @@ def _empty_tree(size: int, heads: int, m: int, d: int, dtype) -> Aggregate:
 
 
 def _tree_set(tree: Aggregate, size: int, index: Array, leaf: Aggregate) -> Aggregate:
-    """Write leaf `index` and re-combine its ancestors (heap layout, root at node 1)."""
+    """Write leaf `index` and re-combine its ancestors (heap layout, root at node 1).
 
-    def take(t, node):
-        return lax.dynamic_index_in_dim(t, node, 0, keepdims=False)
-
-    def put(t, x, node):
-        return lax.dynamic_update_index_in_dim(t, x, node, 0)
-
-    node = size + index
-    tree = jax.tree_util.tree_map(functools.partial(put, node=node), tree, leaf)
-    for _ in range(size.bit_length() - 1):
-        node = node // 2
-        left = jax.tree_util.tree_map(functools.partial(take, node=2 * node), tree)
-        right = jax.tree_util.tree_map(functools.partial(take, node=2 * node + 1), tree)
-        parent = combine(left, right)
-        tree = jax.tree_util.tree_map(functools.partial(put, node=node), tree, parent)
-    return tree
+    The path's siblings are read first (the step does not change them), the new path
+    values follow from them, and one scatter writes the path: the writes depend on the
+    reads, so XLA updates the tree in place (with a donated state or in lax.scan).
+    """
+    levels = size.bit_length() - 1
+    path = (size + index) >> jnp.arange(levels + 1)  # leaf, parent, …, root (node 1)
+    siblings = jax.tree_util.tree_map(lambda t: t[path[:-1] ^ 1], tree)
+    values, value = [leaf], leaf
+    for level in range(levels):
+        value = combine(value, jax.tree_util.tree_map(lambda t, i=level: t[i], siblings))
+        values.append(value)
+    stacked = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *values)
+    return jax.tree_util.tree_map(
+        lambda t, x: t.at[path].set(x, unique_indices=True), tree, stacked
+    )
 
 
 def _tree_build(leaves: Aggregate, size: int) -> Aggregate:
@@ -419,12 +418,12 @@ class ContinualNystromAttention(NystromAttention):
 
     def _output(self, rows: Array, tree: Aggregate, kernel: Array, slot: Array) -> Array:
         """Output rows from their left factors `rows` (ring, (n, H, m)) or the newest."""
-        right = kernel @ _root_values(tree)  # (H, m, d)
-        if self.retroactive:
+        root = _root_values(tree)  # (H, m, d)
+        if self.retroactive:  # n rows: kernel · root once (m²·d), then n·m·d
             ordered = jnp.roll(rows, -(slot + 1), axis=0)  # oldest first
-            out = jnp.einsum("nhm,hmd->nhd", ordered, right)
-        else:
-            out = jnp.einsum("hm,hmd->hd", rows[slot], right)
+            out = jnp.einsum("nhm,hmd->nhd", ordered, kernel @ root)
+        else:  # one row: (row · kernel) · root, m² + m·d
+            out = jnp.einsum("hm,hmd->hd", jnp.einsum("hk,hkm->hm", rows[slot], kernel), root)
         return self.merge(out)
 
     def _step_fixed(self, state: FixedState, q: Array, k: Array, v: Array):
