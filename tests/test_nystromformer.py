@@ -9,7 +9,7 @@ import pytest
 
 from cojax.core import forward_steps
 from cojax.layers.nystrom import NystromLayer
-from cojax.models import NystromformerClassifier
+from cojax.models import NystromEncoder, NystromformerClassifier
 from cojax.models.nystromformer import attention_tokens, fit_classifier_landmarks
 from cojax.testing import verify_contract
 
@@ -17,12 +17,17 @@ TINY = dict(input_dim=6, num_classes=3, embed_dim=8, num_heads=2, num_landmarks=
             sequence_len=4, dim_feedforward=12)  # fmt: skip
 
 
-@pytest.mark.parametrize(("num_layers", "landmarks"), [(1, "updated"), (2, "fixed")])
-def test_contract(num_layers, landmarks):
-    model = NystromformerClassifier(**TINY, num_layers=num_layers, landmarks=landmarks)
-    layer = NystromLayer(model)
+def test_classifier_contract():
+    layer = NystromLayer(NystromformerClassifier(**TINY, num_layers=1, landmarks="updated"))
     assert layer.delay == 3
     verify_contract(layer, (6,), num_frames=14, num_streams=2, rtol=1e-4, atol=1e-5)
+
+
+def test_two_block_encoder_contract():
+    encoder = NystromEncoder(8, 2, 2, sequence_len=4, num_layers=2, dim_feedforward=12)
+    layer = NystromLayer(encoder)
+    assert (layer.delay, layer.channels) == (3, 8)
+    verify_contract(layer, (8,), num_frames=14, num_streams=2, rtol=1e-4, atol=1e-5)
 
 
 def _task(streams: int, T: int, seed: int):
@@ -69,7 +74,7 @@ def test_train_updated_then_fix_landmarks_and_fine_tune():
     assert losses[-1] < 0.5 * losses[0], losses[::10]
 
     fixed, fixed_vars = fit_classifier_landmarks(model, variables, clips)
-    lands = fixed_vars["landmarks"]["block0"]["attention"]
+    lands = fixed_vars["landmarks"]["encoder"]["block0"]["attention"]
     assert lands["queries"].shape == lands["keys"].shape == (2, 2, 4)  # (H, m, d)
     # the centres are k-means of the first block's scaled queries: within their range
     tokens = attention_tokens(model, variables, clips)

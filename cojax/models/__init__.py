@@ -1,6 +1,7 @@
 """Model zoo: continual networks built from cojax layers."""
 
 from cojax.models.nystromformer import (
+    NystromEncoder,
     NystromEncoderBlock,
     NystromformerClassifier,
     NystromWindowBlock,
@@ -12,6 +13,7 @@ __all__ = [
     "X3D",
     "X3D_SIZES",
     "CoOadTR",
+    "NystromEncoder",
     "NystromEncoderBlock",
     "NystromWindowBlock",
     "NystromformerClassifier",

@@ -130,16 +130,68 @@ class NystromWindowBlock(nn.Module):
         return self.ff(window[..., -1, :], self.attention.merge(out))
 
 
+class EncoderState(NamedTuple):
+    block0: Any  # the first block's state (the second block keeps none)
+
+
+class NystromEncoder(nn.Module):
+    """A continual Nyström transformer encoder of 1 or 2 blocks (module docstring).
+
+    Step: token `(E,)` -> `(E,)`; `__call__(clip (T, E))` -> `(T - n + 1, E)`.
+    """
+
+    embed_dim: int
+    num_heads: int
+    num_landmarks: int
+    sequence_len: int
+    num_layers: int = 1
+    dim_feedforward: int = 128
+    landmarks: str = "fixed"
+    pinv_iterations: int = 6
+
+    def setup(self):
+        check_config(
+            self.num_layers in (1, 2), self, f"num_layers must be 1 or 2, got {self.num_layers!r}."
+        )
+        self.block0 = NystromEncoderBlock(
+            self.embed_dim, self.num_heads, self.num_landmarks, self.sequence_len,
+            self.dim_feedforward, self.landmarks, retroactive=self.num_layers == 2,
+            pinv_iterations=self.pinv_iterations,
+        )  # fmt: skip
+        if self.num_layers == 2:
+            self.block1 = NystromWindowBlock(
+                self.embed_dim, self.num_heads, self.num_landmarks, self.pinv_iterations,
+                self.dim_feedforward,
+            )  # fmt: skip
+
+    @property
+    def delay(self) -> int:
+        return self.sequence_len - 1
+
+    def __call__(self, clip: Array) -> Array:
+        x = self.block0(clip)
+        return self.block1(x) if self.num_layers == 2 else x  # (T - n + 1, [n,] E)
+
+    def init_state(self, frame: Any) -> EncoderState:
+        return EncoderState(self.block0.init_state(frame))
+
+    def step(self, state: EncoderState, frame: Array):
+        block_state, (x, valid) = self.block0.step(state.block0, frame)
+        if self.num_layers == 2:
+            x = jnp.where(valid, self.block1(x), 0.0)
+        return EncoderState(block_state), (x, valid)
+
+
 class StreamState(NamedTuple):
     index: Array  # int32 row of the positional table for the next frame
-    blocks: tuple
+    encoder: EncoderState
 
 
 class NystromformerClassifier(nn.Module):
     """A continual Nyströmformer stream classifier (see the module docstring).
 
-    Dense(input_dim -> E) -> + recycling learned positions (2n - 1 rows) -> 1 or 2
-    Nyström blocks -> LayerNorm -> Dense(num_classes).
+    Dense(input_dim -> E) "embed" -> + recycling learned "positions" (2n - 1 rows) ->
+    `NystromEncoder` "encoder" (1 or 2 blocks) -> LayerNorm "norm" -> Dense "head".
     """
 
     input_dim: int
@@ -154,29 +206,17 @@ class NystromformerClassifier(nn.Module):
     pinv_iterations: int = 6
 
     def setup(self):
-        check_config(
-            self.num_layers in (1, 2), self, f"num_layers must be 1 or 2, got {self.num_layers!r}."
-        )
-        self.embed = nn.Dense(self.embed_dim, name="embed")
+        self.embed = nn.Dense(self.embed_dim)
         rows = 2 * self.sequence_len - 1
         self.positions = self.param(
             "positions", nn.initializers.normal(0.02), (rows, self.embed_dim)
         )
-        config = dict(
-            embed_dim=self.embed_dim, num_heads=self.num_heads, num_landmarks=self.num_landmarks,
-            sequence_len=self.sequence_len, dim_feedforward=self.dim_feedforward,
-            landmarks=self.landmarks, pinv_iterations=self.pinv_iterations,
+        self.encoder = NystromEncoder(
+            self.embed_dim, self.num_heads, self.num_landmarks, self.sequence_len,
+            self.num_layers, self.dim_feedforward, self.landmarks, self.pinv_iterations,
         )  # fmt: skip
-        first = NystromEncoderBlock(**config, retroactive=self.num_layers == 2, name="block0")
-        self.blocks = (first,)
-        if self.num_layers == 2:
-            second = NystromWindowBlock(
-                self.embed_dim, self.num_heads, self.num_landmarks, self.pinv_iterations,
-                self.dim_feedforward, name="block1",
-            )  # fmt: skip
-            self.blocks = (first, second)
-        self.norm = nn.LayerNorm(epsilon=1e-5, name="norm")
-        self.head = nn.Dense(self.num_classes, name="head")
+        self.norm = nn.LayerNorm(epsilon=1e-5)
+        self.head = nn.Dense(self.num_classes)
 
     @property
     def delay(self) -> int:
@@ -195,26 +235,21 @@ class NystromformerClassifier(nn.Module):
         self._check(clip, 2, "clip", "(T, input_dim)")
         rows = self.positions.shape[0]
         index = (jnp.arange(clip.shape[0]) + position_offset % rows) % rows
-        x = self.embed(clip) + self.positions[index]
-        x = self.blocks[0](x)
-        if self.num_layers == 2:
-            x = self.blocks[1](x)  # (T - n + 1, n, E) -> (T - n + 1, E)
+        x = self.encoder(self.embed(clip) + self.positions[index])
         return self.head(self.norm(x))
 
     def init_state(self, frame: Any) -> StreamState:
         self._check(frame, 1, "frame", "(input_dim,)")
         spec = jax.ShapeDtypeStruct((self.embed_dim,), as_spec(frame).dtype)
-        return StreamState(jnp.zeros((), jnp.int32), (self.blocks[0].init_state(spec),))
+        return StreamState(jnp.zeros((), jnp.int32), self.encoder.init_state(spec))
 
     def step(self, state: StreamState, frame: Array):
         self._check(frame, 1, "frame", "(input_dim,)")
         x = self.embed(frame) + self.positions[state.index]
-        block_state, (x, valid) = self.blocks[0].step(state.blocks[0], x)
-        if self.num_layers == 2:
-            x = self.blocks[1](x)
+        encoder_state, (x, valid) = self.encoder.step(state.encoder, x)
         y = jnp.where(valid, self.head(self.norm(x)), 0.0)
         index = (state.index + 1) % self.positions.shape[0]
-        return StreamState(index, (block_state,)), (y, valid)
+        return StreamState(index, encoder_state), (y, valid)
 
 
 def attention_tokens(model: NystromformerClassifier, variables: Any, clips: Array) -> Array:
@@ -240,7 +275,7 @@ def fit_classifier_landmarks(
         model.embed_dim, model.num_heads, model.num_landmarks, model.pinv_iterations,
         sequence_len=model.sequence_len, landmarks="fixed",
     )  # fmt: skip
-    own = {"params": variables["params"]["block0"]["attention"]}
+    own = {"params": variables["params"]["encoder"]["block0"]["attention"]}
     fitted = fit_landmarks(attention, own, attention_tokens(model, variables, clips), seed)
-    landmarks = {"block0": {"attention": fitted["landmarks"]}}
+    landmarks = {"encoder": {"block0": {"attention": fitted["landmarks"]}}}
     return fixed, {"params": variables["params"], "landmarks": landmarks}
