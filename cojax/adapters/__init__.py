@@ -1,0 +1,32 @@
+"""Structured Pruning Adapters (arXiv 2211.10155) as Flax modules.
+
+A frozen base weight plus a small trainable adapter; structured masks remove whole
+channels (SPLoRA, SPPaRA) or blocks (SPLoPA) of the adapted weight, and `fuse_*`
+exports a plain, physically smaller layer.
+"""
+
+from cojax.adapters.lopa import SPLoPADense, SPLoPAPrototypes, splopa_parameter_count
+from cojax.adapters.lora import (
+    SPLoRAConv,
+    SPLoRADense,
+    adapter_labels,
+    adapter_optimizer,
+    fuse_conv,
+    fuse_dense,
+    splora_parameter_count,
+)
+from cojax.adapters.para import SPPaRAConv
+
+__all__ = [
+    "SPLoPADense",
+    "SPLoPAPrototypes",
+    "SPLoRAConv",
+    "SPLoRADense",
+    "SPPaRAConv",
+    "adapter_labels",
+    "adapter_optimizer",
+    "fuse_conv",
+    "fuse_dense",
+    "splopa_parameter_count",
+    "splora_parameter_count",
+]

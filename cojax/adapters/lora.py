@@ -1,0 +1,251 @@
+"""SPLoRA: structured-pruning low-rank adapters for dense and convolution layers.
+
+`W' = W + down · up` (Flax layout: kernel `(in, out)`, down `(in, r)`, up `(r, out)`;
+the reference's `C·R` with R = downᵀ, C = upᵀ). The base kernel W is frozen (train only
+"adapter" leaves and biases: `adapter_optimizer`), the bias trains. For convolutions
+the adapter is a pointwise term added at the kernel's centre tap (odd, equal kernel
+sizes). Channel masks (collection "masks": "in" `(in,)`, "out" `(out,)`, bool, all
+True at init) prune for real: a masked input channel's column and a masked output
+channel's row and bias are zero in the forward pass; `fuse_dense` / `fuse_conv` export
+the physically smaller plain layer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+
+from cojax.core import Array, check_array, check_config
+
+DEFAULT_RANK = 16
+DEFAULT_INIT_RANGE = 1e-4
+
+
+def adapter_rank(rank: float, out_features: int) -> int:
+    """The reference's rule: rank < 1 is a fraction of the output features."""
+    return round(out_features * rank) if rank < 1 else round(rank)
+
+
+def _uniform(bound: float):
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def _masks(module: nn.Module, in_features: int, out_features: int) -> tuple[Array, Array]:
+    keep_in = module.variable("masks", "in", lambda: jnp.ones((in_features,), bool))
+    keep_out = module.variable("masks", "out", lambda: jnp.ones((out_features,), bool))
+    return keep_in.value, keep_out.value
+
+
+def _low_rank(module: nn.Module, in_features: int, out_features: int, rank: int, init_range: float):
+    """down `(in, r)` kaiming-uniform over fan-in r·in, up `(r, out)` U(±init_range)."""
+    down = module.param(
+        "adapter_down", _uniform(1 / math.sqrt(rank * in_features)), (in_features, rank)
+    )
+    up = module.param("adapter_up", _uniform(init_range), (rank, out_features))
+    return down, up
+
+
+class SPLoRADense(nn.Module):
+    """Dense layer with a low-rank structured-pruning adapter: `(..., in)` -> `(..., out)`.
+
+    `fused=True` (inference) multiplies by the adapted, masked kernel; `fused=False`
+    (training, low memory) adds the adapter path `((x·in) · down) · up` instead; the
+    two agree to round-off. Params: "kernel" `(in, out)` (frozen), "bias",
+    "adapter_down" `(in, r)`, "adapter_up" `(r, out)`.
+    """
+
+    features: int
+    rank: float = DEFAULT_RANK
+    use_bias: bool = True
+    init_range: float = DEFAULT_INIT_RANGE
+
+    @nn.compact
+    def __call__(self, x: Array, fused: bool = True) -> Array:
+        check_array(self, x, layout="(..., in)")
+        n_in, n_out = x.shape[-1], self.features
+        rank = adapter_rank(self.rank, n_out)
+        check_config(rank >= 1, self, f"rank {self.rank} gives {rank} < 1 for {n_out} outputs.")
+        bound = 1 / math.sqrt(n_in)
+        kernel = self.param("kernel", _uniform(bound), (n_in, n_out))
+        down, up = _low_rank(self, n_in, n_out, rank, self.init_range)
+        keep_in, keep_out = _masks(self, n_in, n_out)
+        mask = keep_in[:, None] & keep_out[None, :]
+        if fused:
+            y = x @ jnp.where(mask, kernel + down @ up, 0.0)
+        else:
+            y = x @ jnp.where(mask, kernel, 0.0) + jnp.where(
+                keep_out, (jnp.where(keep_in, x, 0.0) @ down) @ up, 0.0
+            )
+        if self.use_bias:
+            y = y + jnp.where(keep_out, self.param("bias", _uniform(bound), (n_out,)), 0.0)
+        return y
+
+
+def _centre_tap(kernel_shape: Sequence[int], delta: Array) -> Array:
+    """A kernel `(*k, in, out)` that is `delta` `(in, out)` at the centre tap, 0 else."""
+    full = jnp.zeros(kernel_shape, delta.dtype)
+    centre = tuple(k // 2 for k in kernel_shape[:-2])
+    return full.at[centre].set(delta)
+
+
+def _conv(x: Array, kernel: Array, strides, padding, groups: int) -> Array:
+    """Channels-last convolution of one example `(*spatial, C)` or a batch."""
+    nd = kernel.ndim - 2
+    single = x.ndim == nd + 1
+    xb = x[None] if single else x
+    letters = "DHW"[-nd:] if nd <= 3 else None
+    spec = ("N" + letters + "C", letters + "IO", "N" + letters + "C")
+    pads = [(p, p) for p in padding]
+    y = lax.conv_general_dilated(
+        xb, kernel, strides, pads, dimension_numbers=spec, feature_group_count=groups
+    )
+    return y[0] if single else y
+
+
+class _AdaptedConv(nn.Module):
+    """Shared machinery of SPLoRA / SPPaRA convolutions (channels-last, 1d-3d)."""
+
+    features: int
+    kernel_size: Sequence[int]
+    strides: Sequence[int] | None = None
+    padding: Sequence[int] | None = None
+    feature_group_count: int = 1
+    use_bias: bool = True
+    init_range: float = DEFAULT_INIT_RANGE
+
+    def _adapter(self, n_in: int, n_out: int) -> Array:
+        raise NotImplementedError
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        k = tuple(self.kernel_size)
+        nd = len(k)
+        check_config(1 <= nd <= 3, self, f"kernel_size must have 1-3 dims, got {k}.")
+        check_config(
+            len(set(k)) == 1 and k[0] % 2 == 1,
+            self,
+            f"the adapter sits at the centre tap: kernel sizes must be odd and equal, got {k}.",
+        )
+        check_array(self, x, layout="([N,] *spatial, C)")
+        check_config(
+            x.ndim in (nd + 1, nd + 2), self, f"expected {nd} spatial dims, got shape {x.shape}."
+        )
+        groups = self.feature_group_count
+        n_in, n_out = x.shape[-1], self.features
+        check_config(
+            n_in % groups == 0 and n_out % groups == 0, self, "channels must divide by the groups."
+        )
+        fan_in = n_in // groups * math.prod(k)
+        kernel = self.param("kernel", _uniform(1 / math.sqrt(fan_in)), (*k, n_in // groups, n_out))
+        delta = self._adapter(n_in // groups, n_out)
+        keep_in, keep_out = _masks(self, n_in, n_out)
+        # A grouped kernel's input axis holds each group's channels: mask per group.
+        in_of_kernel = keep_in.reshape(groups, n_in // groups)
+        out_group = jnp.arange(n_out) // (n_out // groups)
+        mask = in_of_kernel[out_group].T & keep_out[None, :]  # (in/g, out)
+        adapted = jnp.where(mask, kernel + _centre_tap(kernel.shape, delta), 0.0)
+        strides = tuple(self.strides or (1,) * nd)
+        padding = tuple(self.padding or (0,) * nd)
+        y = _conv(x, adapted, strides, padding, groups)
+        if self.use_bias:
+            y = y + jnp.where(
+                keep_out, self.param("bias", _uniform(1 / math.sqrt(fan_in)), (n_out,)), 0.0
+            )
+        return y
+
+
+class SPLoRAConv(_AdaptedConv):
+    """Convolution (1d-3d, channels-last) with a low-rank adapter `down · up`
+    `(in/groups, out)` at the centre tap; kernel `(*k, in/groups, out)` frozen."""
+
+    rank: float = DEFAULT_RANK
+
+    def _adapter(self, n_in: int, n_out: int) -> Array:
+        rank = adapter_rank(self.rank, n_out)
+        check_config(rank >= 1, self, f"rank {self.rank} gives {rank} < 1 for {n_out} outputs.")
+        down, up = _low_rank(self, n_in, n_out, rank, self.init_range)
+        return down @ up
+
+
+# --------------------------------------------------------------------------- fuse, count
+
+
+def _kept(mask: Array) -> np.ndarray:
+    return np.flatnonzero(np.asarray(mask))
+
+
+def fuse_dense(
+    variables: Any, input_keep: Array | None = None
+) -> tuple[dict, np.ndarray, np.ndarray]:
+    """A plain `nn.Dense(len(kept_out))` for an SPLoRA (or SPLoPA, via its kernel)
+    dense layer: `(params, kept_in, kept_out)`, the kernel `(|kept_in|, |kept_out|)`.
+
+    Inputs kept: the layer's "in" mask, and `input_keep` (the producer's kept outputs)
+    when given; a consumer of this layer must be sliced with `kept_out`.
+    """
+    p, masks = variables["params"], variables["masks"]
+    keep_in = np.asarray(masks["in"]) & (True if input_keep is None else np.asarray(input_keep))
+    kept_in, kept_out = _kept(keep_in), _kept(masks["out"])
+    adapted = p["kernel"] + p["adapter_down"] @ p["adapter_up"]
+    params = {"kernel": adapted[kept_in][:, kept_out]}
+    if "bias" in p:
+        params["bias"] = p["bias"][kept_out]
+    return params, kept_in, kept_out
+
+
+def fuse_conv(
+    variables: Any, input_keep: Array | None = None
+) -> tuple[dict, np.ndarray, np.ndarray]:
+    """A plain convolution kernel for an ungrouped SPLoRA / SPPaRA convolution:
+    `(params, kept_in, kept_out)`, kernel `(*k, |kept_in|, |kept_out|)`."""
+    p, masks = variables["params"], variables["masks"]
+    delta = p["adapter"] if "adapter" in p else p["adapter_down"] @ p["adapter_up"]
+    if delta.shape[0] != masks["in"].shape[0]:
+        raise NotImplementedError("fuse_conv: grouped convolutions are not fused yet.")
+    keep_in = np.asarray(masks["in"]) & (True if input_keep is None else np.asarray(input_keep))
+    kept_in, kept_out = _kept(keep_in), _kept(masks["out"])
+    adapted = p["kernel"] + _centre_tap(p["kernel"].shape, delta)
+    params = {"kernel": adapted[..., kept_in, :][..., kept_out]}
+    if "bias" in p:
+        params["bias"] = p["bias"][kept_out]
+    return params, kept_in, kept_out
+
+
+def splora_parameter_count(variables: Any) -> int:
+    """Learned parameters of a masked SPLoRA layer: r·|in| + r·|out| + |out| (bias)."""
+    p, masks = variables["params"], variables["masks"]
+    rank = p["adapter_down"].shape[1]
+    n_in, n_out = int(np.sum(masks["in"])), int(np.sum(masks["out"]))
+    return rank * n_in + rank * n_out + (n_out if "bias" in p else 0)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def adapter_labels(params: Any) -> Any:
+    """ "train" for adapter leaves, biases, positions and prototypes; "freeze" for the
+    base kernels (any other leaf named "kernel")."""
+
+    def label(path, _):
+        name = str(getattr(path[-1], "key", path[-1]))
+        return "freeze" if name == "kernel" else "train"
+
+    return jax.tree_util.tree_map_with_path(label, params)
+
+
+def adapter_optimizer(optimizer: optax.GradientTransformation, params: Any):
+    """`optimizer` on the adapters and biases only; frozen base kernels get no update."""
+    return optax.multi_transform(
+        {"train": optimizer, "freeze": optax.set_to_zero()}, adapter_labels(params)
+    )

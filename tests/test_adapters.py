@@ -1,0 +1,194 @@
+"""Structured Pruning Adapters: parity with the `structured-pruning-adapters` 0.7.1
+reference on random weights, masks that really prune, fused export, parameter counts."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import sp_adapters as sp  # the torch extra: structured-pruning-adapters 0.7.1
+import torch
+
+from cojax.adapters import (
+    SPLoPADense,
+    SPLoPAPrototypes,
+    SPLoRAConv,
+    SPLoRADense,
+    SPPaRAConv,
+    adapter_optimizer,
+    fuse_conv,
+    fuse_dense,
+    splopa_parameter_count,
+    splora_parameter_count,
+)
+
+
+def _t(a):
+    return torch.tensor(np.asarray(a))
+
+
+def _randomize(module, seed=0):
+    """Random values for every torch parameter (the adapters start near zero)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    return module
+
+
+def _dense_variables(module, x):
+    return jax.tree_util.tree_map(lambda a: a, dict(module.init(jax.random.PRNGKey(0), x)))
+
+
+def test_splora_dense_matches_reference_fused_and_unfused():
+    ref = _randomize(sp.SPLoRALinear(12, 10, rank=3))
+    ours = SPLoRADense(10, rank=3)
+    x = np.random.default_rng(1).standard_normal((4, 12)).astype(np.float32)
+    variables = _dense_variables(ours, jnp.asarray(x))
+    variables["params"] = {
+        "kernel": jnp.asarray(ref.weight.detach().numpy().T),
+        "bias": jnp.asarray(ref.bias.detach().numpy()),
+        "adapter_down": jnp.asarray(ref.adapter.rows[0].detach().numpy().T),
+        "adapter_up": jnp.asarray(ref.adapter.cols[0].detach().numpy().T),
+    }
+    with torch.no_grad():
+        fused_ref = ref.eval()(_t(x)).numpy()
+        unfused_ref = ref.train()(_t(x)).numpy()
+    with jax.default_matmul_precision("highest"):
+        fused = ours.apply(variables, jnp.asarray(x))
+        unfused = ours.apply(variables, jnp.asarray(x), fused=False)
+    np.testing.assert_allclose(fused, fused_ref, atol=1e-5)
+    np.testing.assert_allclose(unfused, unfused_ref, atol=1e-5)
+    np.testing.assert_allclose(fused, unfused, atol=1e-5)
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+@pytest.mark.parametrize("kind", ["splora", "sppara"])
+def test_conv_adapters_match_reference(nd, kind):
+    shape = {1: (9,), 2: (7, 6), 3: (5, 5, 4)}[nd]
+    cls = {"splora": sp.SPLoRAConv1d, "sppara": sp.SPPaRAConv1d}[kind]
+    cls = getattr(sp, cls.__name__[:-2] + f"{nd}d")
+    kwargs = dict(rank=2) if kind == "splora" else {}
+    ref = _randomize(cls(4, 6, 3, stride=1, padding=1, **kwargs), seed=nd)
+    x = np.random.default_rng(nd).standard_normal((*shape, 4)).astype(np.float32)
+    module = (SPLoRAConv if kind == "splora" else SPPaRAConv)(
+        6, (3,) * nd, padding=(1,) * nd, **kwargs
+    )
+    variables = _dense_variables(module, jnp.asarray(x))
+    weight = ref.weight.detach().numpy()  # (out, in, *k)
+    params = {
+        "kernel": jnp.asarray(np.moveaxis(weight, (0, 1), (-1, -2))),
+        "bias": jnp.asarray(ref.bias.detach().numpy()),
+    }
+    if kind == "splora":
+        params["adapter_down"] = jnp.asarray(ref.adapter.rows[0].detach().numpy().T)
+        params["adapter_up"] = jnp.asarray(ref.adapter.cols[0].detach().numpy().T)
+    else:
+        params["adapter"] = jnp.asarray(ref.adapter.detach().numpy().T)
+    variables["params"] = params
+    with torch.no_grad():
+        expected = ref.eval()(_t(np.moveaxis(x, -1, 0))[None])[0].numpy()
+    with jax.default_matmul_precision("highest"):
+        got = module.apply(variables, jnp.asarray(x))
+    np.testing.assert_allclose(got, np.moveaxis(expected, 0, -1), atol=1e-5)
+
+
+def test_splopa_with_shared_prototypes_matches_reference():
+    block = (2, 3)
+    refs = [
+        _randomize(sp.SPLoPALinear(6, 4, num_prototypes=5, block_shape=block), seed=s)
+        for s in (0, 1)
+    ]
+    assert refs[0].adapter.prototypes is refs[1].adapter.prototypes  # the reference shares
+    protos = refs[0].adapter.prototypes
+    x = np.random.default_rng(2).standard_normal((3, 6)).astype(np.float32)
+    prototypes = SPLoPAPrototypes(5, block, rank=1)
+    proto_params = {
+        "params": {
+            "up": jnp.asarray(protos.cols.detach().numpy()),  # (P, p, r)
+            "down": jnp.asarray(protos.rows.detach().numpy()),  # (P, r, q)
+        }
+    }
+    shared = prototypes.apply(proto_params)
+    layer = SPLoPADense(4)
+    for ref in refs:
+        variables = (
+            _dense_variables(layer, jnp.asarray(x))
+            if False
+            else dict(layer.init(jax.random.PRNGKey(0), jnp.asarray(x), shared))
+        )
+        variables["params"] = {
+            "kernel": jnp.asarray(ref.weight.detach().numpy().T),
+            "bias": jnp.asarray(ref.bias.detach().numpy()),
+            "pos": jnp.asarray(ref.adapter.pos_weights.detach().numpy()),
+        }
+        with torch.no_grad():
+            expected = ref.eval()(_t(x)).numpy()
+        with jax.default_matmul_precision("highest"):
+            got = layer.apply(variables, jnp.asarray(x), shared)
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+    counts = splopa_parameter_count(variables, proto_params["params"])
+    assert counts == 5 * 2 * 2 + 5 * 2 * 1 + 5 * 1 * 3  # pos + P·p·r + P·r·q
+
+
+def test_masks_prune_for_real_and_fuse_exports_a_smaller_layer():
+    layer = SPLoRADense(6, rank=2)
+    x = jax.random.normal(jax.random.PRNGKey(3), (5, 8))
+    variables = _dense_variables(layer, x)
+    variables["params"]["adapter_up"] = jax.random.normal(jax.random.PRNGKey(4), (2, 6))
+    keep_in = np.array([1, 0, 1, 1, 0, 1, 1, 1], bool)
+    keep_out = np.array([1, 1, 0, 1, 0, 1], bool)
+    variables["masks"] = {"in": jnp.asarray(keep_in), "out": jnp.asarray(keep_out)}
+    y = layer.apply(variables, x)
+    assert np.all(np.asarray(y)[:, ~keep_out] == 0.0)  # pruned outputs: exactly nothing
+    noisy = x.at[:, ~keep_in].set(1e6)  # pruned inputs are never read
+    np.testing.assert_array_equal(layer.apply(variables, noisy), y)
+    np.testing.assert_allclose(layer.apply(variables, x, fused=False), y, atol=1e-5)
+    params, kept_in, kept_out = fuse_dense(variables)
+    assert params["kernel"].shape == (6, 4)
+    small = x[:, kept_in] @ params["kernel"] + params["bias"]
+    np.testing.assert_allclose(small, np.asarray(y)[:, kept_out], atol=1e-5)
+    assert splora_parameter_count(variables) == 2 * 6 + 2 * 4 + 4
+
+
+def test_conv_masks_and_fuse():
+    layer = SPLoRAConv(5, (3, 3), padding=(1, 1), rank=2)
+    x = jax.random.normal(jax.random.PRNGKey(5), (6, 6, 4))
+    variables = _dense_variables(layer, x)
+    keep_in, keep_out = np.array([1, 1, 0, 1], bool), np.array([0, 1, 1, 0, 1], bool)
+    variables["masks"] = {"in": jnp.asarray(keep_in), "out": jnp.asarray(keep_out)}
+    y = np.asarray(layer.apply(variables, x))
+    assert np.all(y[..., ~keep_out] == 0.0)
+    params, kept_in, kept_out = fuse_conv(variables)
+    assert params["kernel"].shape == (3, 3, 3, 3)
+    plain = jax.lax.conv_general_dilated(
+        x[None][..., kept_in], params["kernel"], (1, 1), [(1, 1), (1, 1)],
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )[0] + params["bias"]  # fmt: skip
+    np.testing.assert_allclose(plain, y[..., kept_out], atol=1e-5)
+
+
+def test_adapter_optimizer_freezes_base_kernels():
+    layer = SPLoRADense(3, rank=1)
+    x = jax.random.normal(jax.random.PRNGKey(6), (4, 5))
+    variables = _dense_variables(layer, x)
+    params = variables["params"]
+    optimizer = adapter_optimizer(optax.sgd(0.1), params)
+    state = optimizer.init(params)
+
+    def loss(p):
+        return jnp.sum(layer.apply({**variables, "params": p}, x) ** 2)
+
+    updates, _ = optimizer.update(jax.grad(loss)(params), state, params)
+    new = optax.apply_updates(params, updates)
+    np.testing.assert_array_equal(new["kernel"], params["kernel"])
+    assert not np.allclose(new["adapter_down"], params["adapter_down"])
+    assert not np.allclose(new["bias"], params["bias"])
+
+
+def test_bad_configs_raise():
+    with pytest.raises(ValueError, match="odd and equal"):
+        SPLoRAConv(4, (3, 2)).init(jax.random.PRNGKey(0), jnp.zeros((5, 5, 2)))
+    with pytest.raises(ValueError, match="not divisible by the block shape"):
+        protos = jnp.zeros((2, 3, 3))
+        SPLoPADense(4).init(jax.random.PRNGKey(0), jnp.zeros((2, 6)), protos)
