@@ -192,3 +192,35 @@ def test_bad_configs_raise():
     with pytest.raises(ValueError, match="not divisible by the block shape"):
         protos = jnp.zeros((2, 3, 3))
         SPLoPADense(4).init(jax.random.PRNGKey(0), jnp.zeros((2, 6)), protos)
+
+
+# --------------------------------------------------------------------------- pruning
+
+
+def test_channel_criteria_and_masks_at_sparsity():
+    from cojax.adapters.pruning import block_scores, channel_masks, channel_scores
+
+    w = np.array([[3.0, 0.1, -2.0, 0.5], [4.0, 0.1, 0.0, -0.5]])  # (in 2, out 4)
+    g = np.array([[0.0, 10.0, 1.0, 1.0], [0.0, 0.0, 1.0, -1.0]])
+    np.testing.assert_allclose(
+        channel_scores(w), [5.0, np.hypot(0.1, 0.1), 2.0, np.hypot(0.5, 0.5)]
+    )
+    np.testing.assert_allclose(
+        channel_scores(w, g, "gradient"), [0.0, 10.0, np.sqrt(2), np.sqrt(2)]
+    )
+    np.testing.assert_allclose(channel_scores(w, g, "taylor"), [0.0, 1.0, 2.0, 1.0])
+    with pytest.raises(ValueError, match="needs the gradient"):
+        channel_scores(w, None, "taylor")
+    np.testing.assert_allclose(block_scores(-w[None], g[None], "taylor")[0], np.abs(w * g))
+
+    scores = {"a": channel_scores(w), "b": np.array([0.05, 9.0, 9.0])}
+    sizes = {"a": 2, "b": 4}  # weights per channel
+    # global: 50 % of 2·4 + 4·3 = 20 weights -> the lowest channels until >= 10 pruned
+    masks = channel_masks(scores, sizes, 0.5)
+    assert masks["b"].tolist() == [False, True, True]  # score 0.05 first (4 weights)
+    assert masks["a"].tolist() == [True, False, False, False]  # then 0.14, 0.71, 2.0
+    per_layer = channel_masks(scores, sizes, 0.5, scope="layer")
+    assert per_layer["a"].sum() == 2 and per_layer["b"].sum() == 1
+    assert channel_masks(scores, sizes, 0.0)["a"].all()
+    with pytest.raises(ValueError, match="sparsity must be in"):
+        channel_masks(scores, sizes, 1.0)
