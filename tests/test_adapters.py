@@ -224,3 +224,43 @@ def test_channel_criteria_and_masks_at_sparsity():
     assert channel_masks(scores, sizes, 0.0)["a"].all()
     with pytest.raises(ValueError, match="sparsity must be in"):
         channel_masks(scores, sizes, 1.0)
+
+
+# --------------------------------------------------------------------------- continual
+
+
+def test_adapted_pruned_layers_stream_like_their_clip_form():
+    from cojax.adapters.continual import continual_conv, continual_linear
+    from cojax.containers import Sequential
+    from cojax.layers.pointwise import ReLU
+    from cojax.testing import verify_contract
+
+    clip = jax.random.normal(jax.random.PRNGKey(7), (9, 6, 6, 3))  # (T, H, W, C)
+    first = SPLoRAConv(8, (3, 3, 3), padding=(1, 1, 1), rank=2)
+    second = SPLoRAConv(5, (3, 3, 3), padding=(1, 1, 1), rank=2)
+    v1 = _dense_variables(first, clip[None])
+    v2 = _dense_variables(second, jnp.zeros((1, 9, 6, 6, 8)))
+    v1["masks"] = {"in": jnp.ones(3, bool), "out": jnp.asarray(np.arange(8) % 3 != 1)}
+    v2["masks"] = {"in": jnp.ones(8, bool), "out": jnp.asarray([1, 0, 1, 1, 1], bool)}
+    conv1, p1, kept1 = continual_conv(v1, padding=(1, 1, 1))
+    conv2, p2, kept2 = continual_conv(v2, padding=(1, 1, 1), input_keep=_mask_of(kept1, 8))
+    head = SPLoRADense(4, rank=2)
+    v3 = _dense_variables(head, jnp.zeros((1, 5)))
+    linear, p3, _ = continual_linear(v3, input_keep=_mask_of(kept2, 5))
+    assert (conv1.out_channels, conv2.in_channels, conv2.out_channels) == (5, 5, 4)
+    network = Sequential(conv1, ReLU(), conv2, linear)
+    params = {"0": p1, "1": {}, "2": p2, "3": p3}
+    # The streamed, fused, pruned network equals the masked adapters on the clip.
+    with jax.default_matmul_precision("highest"):
+        y1 = jax.nn.relu(first.apply(v1, clip[None]))
+        y2 = second.apply(v2, y1)
+        expected = head.apply(v3, y2)[0]
+        got = network.forward(params, clip)
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    verify_contract(network, (6, 6, 3), params=params, num_frames=8, num_streams=2)
+
+
+def _mask_of(kept, n):
+    mask = np.zeros(n, bool)
+    mask[kept] = True
+    return mask
