@@ -264,12 +264,33 @@ def torch_only(budget: float, out: str) -> dict:
         outputs.update({f"{k}_{streams}": v for k, v in o.items()})
     rows += torch_one_thread_rows(co_net, clip_net, budget)
     np.savez(out, **outputs)
+    return torch_report(rows, budget)
+
+
+def torch_report(rows: list[dict], budget: float, matmul_n: int = MATMUL_N) -> dict:
+    """What a `--torch-only` process reports: its rows, torch's matmul peak, threads."""
     return {
         "rows": rows,
-        "torch_matmul_gflops_per_s": matmul_gflops(MATMUL_N, budget, "torch"),
+        "torch_matmul_gflops_per_s": matmul_gflops(matmul_n, budget, "torch"),
         "torch_threads": torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)"),
     }
+
+
+def run_torch_process(
+    script: str, args: list[str], out: str, budget: float, env: dict, timeout: int
+) -> tuple[dict, dict]:
+    """Run `script --torch-only *args out --budget budget` in a fresh process (no XLA
+    thread pool beside torch's); its JSON report (last stdout line) and the arrays it
+    saved to `out` (.npz)."""
+    cmd = [sys.executable, script, "--torch-only", *args, out, "--budget", str(budget)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"torch rows failed:\n{proc.stderr}")
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    with np.load(out) as data:
+        outputs = {k: data[k] for k in data.files}
+    return report, outputs
 
 
 def run_torch(budget: float, omp_wait_policy: str) -> tuple[dict, dict]:
@@ -279,14 +300,7 @@ def run_torch(budget: float, omp_wait_policy: str) -> tuple[dict, dict]:
         env["OMP_WAIT_POLICY"] = omp_wait_policy
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "torch_outputs.npz")
-        cmd = [sys.executable, __file__, "--torch-only", out, "--budget", str(budget)]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
-        if proc.returncode != 0:
-            raise RuntimeError(f"torch rows failed:\n{proc.stderr}")
-        report = json.loads(proc.stdout.strip().splitlines()[-1])
-        with np.load(out) as data:
-            outputs = {k: data[k] for k in data.files}
-    return report, outputs
+        return run_torch_process(__file__, [], out, budget, env, timeout=400)
 
 
 def flag_rows(budget: float) -> list[dict]:

@@ -40,7 +40,6 @@ import functools
 import json
 import math
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -60,7 +59,9 @@ from bench_streaming import (  # noqa: E402
     environment,
     matmul_gflops,
     max_diff,
+    run_torch_process,
     timeit,
+    torch_report,
 )
 
 import cojax as co  # noqa: E402
@@ -229,12 +230,7 @@ def torch_only(workdir: str, out: str, budget: float) -> dict:
         rows += r
         outputs.update({f"b{blocks}_{k}": v for k, v in o.items()})
     np.savez(out, **outputs)
-    return {
-        "rows": rows,
-        "torch_matmul_gflops_per_s": matmul_gflops(MATMUL_N, budget, "torch"),
-        "torch_threads": torch.get_num_threads(),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)"),
-    }
+    return torch_report(rows, budget, MATMUL_N)
 
 
 def run_torch(refs: dict, params: dict, budget: float) -> tuple[dict, dict]:
@@ -246,14 +242,7 @@ def run_torch(refs: dict, params: dict, budget: float) -> tuple[dict, dict]:
             torch.save(refs[blocks].state_dict(), Path(tmp) / f"ref_b{blocks}.pt")
             np.savez(Path(tmp) / f"params_b{blocks}.npz", **flat_params(params[blocks]))
         out = str(Path(tmp) / "torch_outputs.npz")
-        cmd = [sys.executable, __file__, "--torch-only", tmp, out, "--budget", str(budget)]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-        if proc.returncode != 0:
-            raise RuntimeError(f"torch rows failed:\n{proc.stderr}")
-        report = json.loads(proc.stdout.strip().splitlines()[-1])
-        with np.load(out) as data:
-            outputs = {k: data[k] for k in data.files}
-    return report, outputs
+        return run_torch_process(__file__, [tmp], out, budget, env, timeout=600)
 
 
 # --------------------------------------------------------------------------- cojax side

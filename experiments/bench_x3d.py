@@ -37,7 +37,6 @@ import functools
 import json
 import math
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -57,7 +56,9 @@ from bench_streaming import (  # noqa: E402
     environment,
     matmul_gflops,
     max_diff,
+    run_torch_process,
     timeit,
+    torch_report,
 )
 
 import cojax as co  # noqa: E402
@@ -130,26 +131,14 @@ def torch_only(state_path: str, out: str, budget: float) -> dict:
         per_frame_se(model)
         outputs["frame_se_logits"] = model(x).numpy()
     np.savez(out, **outputs)
-    return {
-        "rows": rows,
-        "torch_matmul_gflops_per_s": matmul_gflops(MATMUL_N, budget, "torch"),
-        "torch_threads": torch.get_num_threads(),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)"),
-    }
+    return torch_report(rows, budget, MATMUL_N)
 
 
 def run_torch(state_path: str, budget: float) -> tuple[dict, dict]:
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "torch_outputs.npz")
-        cmd = [sys.executable, __file__, "--torch-only", state_path, out, "--budget", str(budget)]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-        if proc.returncode != 0:
-            raise RuntimeError(f"torch rows failed:\n{proc.stderr}")
-        report = json.loads(proc.stdout.strip().splitlines()[-1])
-        with np.load(out) as data:
-            outputs = {k: data[k] for k in data.files}
-    return report, outputs
+        return run_torch_process(__file__, [state_path], out, budget, env, timeout=300)
 
 
 # --------------------------------------------------------------------------- cojax side
