@@ -102,7 +102,7 @@ def _stream(layer, variables, x):
     return np.asarray(ys)[valid]
 
 
-def _close(got, expected, rtol=1e-5):
+def _assert_close(got, expected, rtol=1e-5):
     np.testing.assert_allclose(got, expected, atol=rtol * np.abs(expected).max())
 
 
@@ -139,7 +139,7 @@ def test_offline_equals_float64_reference(n, m):
     window = _clip(n)
     with jax.default_matmul_precision("highest"):
         got = np.asarray(module.apply(variables, window))
-    _close(got, _nystrom64(variables, window, m))
+    _assert_close(got, _nystrom64(variables, window, m))
 
 
 def test_offline_approaches_softmax_attention_as_m_grows():
@@ -192,7 +192,9 @@ def test_fixed_landmarks_equal_offline_fixed_nystrom_at_every_step(retroactive):
     lands = (variables["landmarks"]["queries"], variables["landmarks"]["keys"])
     for i, t in enumerate(range(N - 1, len(x))):
         rows = None if retroactive else -1
-        _close(got[i], _nystrom64(variables, x[t - N + 1 : t + 1], M, landmarks=lands, rows=rows))
+        _assert_close(
+            got[i], _nystrom64(variables, x[t - N + 1 : t + 1], M, landmarks=lands, rows=rows)
+        )
 
 
 @pytest.mark.parametrize("retroactive", [False, True], ids=["single", "retroactive"])
@@ -205,7 +207,7 @@ def test_updated_landmarks_equal_offline_nystrom_at_update_steps(retroactive):
     for i, t in enumerate(range(N - 1, len(x))):
         if (t + 1) % segment == 0:
             rows = None if retroactive else -1
-            _close(got[i], _nystrom64(variables, x[t - N + 1 : t + 1], M, rows=rows))
+            _assert_close(got[i], _nystrom64(variables, x[t - N + 1 : t + 1], M, rows=rows))
             checked += 1
     assert checked == (len(x) - N) // segment + 1
 
@@ -220,7 +222,9 @@ def test_large_logits_do_not_overflow():
     assert np.isfinite(got).all()
     lands = (variables["landmarks"]["queries"], variables["landmarks"]["keys"])
     for i, t in enumerate(range(N - 1, len(x))):
-        _close(got[i], _nystrom64(variables, x[t - N + 1 : t + 1], M, landmarks=lands), rtol=1e-4)
+        _assert_close(
+            got[i], _nystrom64(variables, x[t - N + 1 : t + 1], M, landmarks=lands), rtol=1e-4
+        )
 
 
 def test_bad_configs_raise():

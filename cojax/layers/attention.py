@@ -122,6 +122,16 @@ def _windows(x: Array, n: int) -> Array:
     return x[index]
 
 
+def check_window_clip(layer: Any, clip: Any, sequence_len: int) -> None:
+    """A clip of tokens must hold at least one window of `sequence_len`."""
+    check_config(
+        clip.shape[0] >= sequence_len,
+        layer,
+        f"the clip has {clip.shape[0]} tokens, fewer than sequence_len {sequence_len}: "
+        "no window fits.",
+    )
+
+
 class Aggregate(NamedTuple):
     """A log-sum-exp partial softmax: `total = exp(m) * sum`, `values = Σ w·v / exp(m)`.
 
@@ -218,12 +228,7 @@ class _WindowAttention(Layer):
 
     def check_clip(self, clip: Any) -> None:
         super().check_clip(clip)
-        check_config(
-            clip.shape[0] >= self.sequence_len,
-            self,
-            f"the clip has {clip.shape[0]} tokens, fewer than sequence_len "
-            f"{self.sequence_len}: no window fits.",
-        )
+        check_window_clip(self, clip, self.sequence_len)
 
     def _qkv_memory(self, n: int, dtype) -> Array:
         return jnp.zeros((n, self.num_heads, self.head_dim), dtype)

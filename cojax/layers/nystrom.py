@@ -53,7 +53,7 @@ from cojax.core import (
     new_counter,
     zero_unless,
 )
-from cojax.layers.attention import Aggregate, combine
+from cojax.layers.attention import Aggregate, check_window_clip, combine
 
 LANDMARK_MODES = ("fixed", "updated")
 
@@ -352,11 +352,7 @@ class ContinualNystromAttention(NystromAttention):
     def __call__(self, clip: Array) -> Array:
         n = self.sequence_len
         check_array(self, clip, ndim=2, channels=self.embed_dim, what="clip", layout="(T, E)")
-        check_config(
-            clip.shape[0] >= n,
-            self,
-            f"the clip has {clip.shape[0]} tokens, fewer than sequence_len {n}.",
-        )
+        check_window_clip(self, clip, n)
         q, k, v = self.project(clip)
         T = clip.shape[0]
         ends = np.arange(n - 1, T)

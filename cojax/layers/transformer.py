@@ -43,6 +43,7 @@ from cojax.layers.attention import (
     RetroactiveMultiheadAttention,
     SingleOutputMultiheadAttention,
     attend,
+    check_window_clip,
     project_kv,
     project_out,
     project_q,
@@ -158,12 +159,7 @@ class _EncoderBlock(Layer):
 
     def check_clip(self, clip: Any) -> None:
         super().check_clip(clip)
-        check_config(
-            clip.shape[0] >= self.sequence_len,
-            self,
-            f"the clip has {clip.shape[0]} tokens, fewer than sequence_len "
-            f"{self.sequence_len}: no window fits.",
-        )
+        check_window_clip(self, clip, self.sequence_len)
 
 
 class EncoderLayerState(NamedTuple):
