@@ -274,7 +274,8 @@ class FixedState(NamedTuple):
 
     tree: Aggregate  # segment tree of softmax(Q̃ Kᵀ) V over the window's keys
     kernel: Array  # (H, m, m) pinv(softmax(Q̃ K̃ᵀ))
-    rows: Array  # (n, H, m) softmax(q K̃ᵀ) of the window's queries (ring; retroactive)
+    rows: Array  # (n, H, m) softmax(q K̃ᵀ) of the window's queries (ring); (0, H, m)
+    # with a single output, which needs only the newest row
     slot: Array  # int32: ring slot of the next token
     count: Array
 
@@ -395,9 +396,8 @@ class ContinualNystromAttention(NystromAttention):
         zero = jnp.zeros((), jnp.int32)
         if self.landmarks == "fixed":
             kernel = middle_kernel(self.q_land.value, self.k_land.value, self.pinv_iterations)
-            return FixedState(
-                tree, kernel.astype(dtype), jnp.zeros((n, H, m), dtype), zero, new_counter()
-            )
+            rows = jnp.zeros((n if self.retroactive else 0, H, m), dtype)
+            return FixedState(tree, kernel.astype(dtype), rows, zero, new_counter())
         ring = jnp.zeros((n, H, d), dtype)
         land = jnp.zeros((H, m, d), dtype)
         return UpdatedState(
@@ -412,14 +412,15 @@ class ContinualNystromAttention(NystromAttention):
             return self._step_fixed(state, q, k, v)
         return self._step_updated(state, q, k, v)
 
-    def _output(self, rows: Array, tree: Aggregate, kernel: Array, slot: Array) -> Array:
-        """Output rows from their left factors `rows` (ring, (n, H, m)) or the newest."""
+    def _output(self, left: Array, tree: Aggregate, kernel: Array, slot: Array) -> Array:
+        """Output rows from their left factors softmax(q K̃ᵀ): the ring `(n, H, m)` of
+        the window's rows (retroactive; the newest at `slot`) or the newest `(H, m)`."""
         root = _root_values(tree)  # (H, m, d)
         if self.retroactive:  # n rows: kernel · root once (m²·d), then n·m·d
-            ordered = jnp.roll(rows, -(slot + 1), axis=0)  # oldest first
+            ordered = jnp.roll(left, -(slot + 1), axis=0)  # oldest first
             out = jnp.einsum("nhm,hmd->nhd", ordered, kernel @ root)
         else:  # one row: (row · kernel) · root, m² + m·d
-            out = jnp.einsum("hm,hmd->hd", jnp.einsum("hk,hkm->hm", rows[slot], kernel), root)
+            out = jnp.einsum("hm,hmd->hd", jnp.einsum("hk,hkm->hm", left, kernel), root)
         return self.merge(out)
 
     def _step_fixed(self, state: FixedState, q: Array, k: Array, v: Array):
@@ -429,8 +430,10 @@ class ContinualNystromAttention(NystromAttention):
         logits = jnp.einsum("hmd,hd->hm", q_land, k)
         tree = _tree_set(state.tree, size, state.slot, _leaf(logits, v))
         left = jax.nn.softmax(jnp.einsum("hd,hmd->hm", q, k_land), axis=-1)
-        rows = lax.dynamic_update_index_in_dim(state.rows, left, state.slot, 0)
-        y = self._output(rows, tree, state.kernel, state.slot)
+        rows = state.rows
+        if self.retroactive:
+            rows = lax.dynamic_update_index_in_dim(rows, left, state.slot, 0)
+        y = self._output(rows if self.retroactive else left, tree, state.kernel, state.slot)
         valid, count = advance_counter(state.count, self.delay, 1)
         new = FixedState(tree, state.kernel, rows, (state.slot + 1) % n, count)
         return new, (zero_unless(valid, y), valid)
@@ -471,10 +474,8 @@ class ContinualNystromAttention(NystromAttention):
 
         tree, kernel, q_land, k_land = lax.cond(complete, replace, keep, None)
         # Left factors softmax(q K̃ᵀ): every row's (they change with K̃) or the newest.
-        rows = queries if self.retroactive else queries[state.slot][None]
-        left = jax.nn.softmax(jnp.einsum("nhd,hmd->nhm", rows, k_land), axis=-1)
-        if not self.retroactive:
-            left = jnp.broadcast_to(left, (n, *left.shape[1:]))  # read at `slot` only
+        rows = queries if self.retroactive else queries[state.slot]
+        left = jax.nn.softmax(jnp.einsum("...hd,hmd->...hm", rows, k_land), axis=-1)
         y = self._output(left, tree, kernel, state.slot)
         valid, count = advance_counter(state.count, self.delay, 1)
         zero = jnp.zeros_like(q_sum)
