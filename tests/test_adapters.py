@@ -112,11 +112,7 @@ def test_splopa_with_shared_prototypes_matches_reference():
     shared = prototypes.apply(proto_params)
     layer = SPLoPADense(4)
     for ref in refs:
-        variables = (
-            _dense_variables(layer, jnp.asarray(x))
-            if False
-            else dict(layer.init(jax.random.PRNGKey(0), jnp.asarray(x), shared))
-        )
+        variables = dict(layer.init(jax.random.PRNGKey(0), jnp.asarray(x), shared))
         variables["params"] = {
             "kernel": jnp.asarray(ref.weight.detach().numpy().T),
             "bias": jnp.asarray(ref.bias.detach().numpy()),

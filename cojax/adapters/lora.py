@@ -104,7 +104,7 @@ def _conv(x: Array, kernel: Array, strides, padding, groups: int) -> Array:
     nd = kernel.ndim - 2
     single = x.ndim == nd + 1
     xb = x[None] if single else x
-    letters = "DHW"[-nd:] if nd <= 3 else None
+    letters = "DHW"[-nd:]
     spec = ("N" + letters + "C", letters + "IO", "N" + letters + "C")
     pads = [(p, p) for p in padding]
     y = lax.conv_general_dilated(
