@@ -260,3 +260,90 @@ def _mask_of(kept, n):
     mask = np.zeros(n, bool)
     mask[kept] = True
     return mask
+
+
+# --------------------------------------------------------------------------- attention
+
+
+def _splora_dense_params(ref_linear, bias=None):
+    """An `SPLoRALinear`'s params in the Flax layout (bias given separately for q/k/v)."""
+    params = {
+        "kernel": jnp.asarray(ref_linear.weight.detach().numpy().T),
+        "adapter_down": jnp.asarray(ref_linear.adapter.rows[0].detach().numpy().T),
+        "adapter_up": jnp.asarray(ref_linear.adapter.cols[0].detach().numpy().T),
+    }
+    b = ref_linear.bias if bias is None else bias
+    if b is not None:
+        params["bias"] = jnp.asarray(b.detach().numpy())
+    return params
+
+
+@pytest.mark.parametrize("cross", [False, True])
+def test_splora_attention_matches_reference(cross):
+    from cojax.adapters import SPLoRAMultiHeadAttention
+
+    E, H, r = 12, 3, 2
+    kdim, vdim = (7, 5) if cross else (None, None)
+    ref = _randomize(
+        sp.SPLoRAMultiheadAttention(E, H, rank=r, kdim=kdim, vdim=vdim, batch_first=True), seed=4
+    )
+    rng = np.random.default_rng(4)
+    q = rng.standard_normal((2, 5, E)).astype(np.float32)
+    k = rng.standard_normal((2, 6, kdim or E)).astype(np.float32)
+    v = rng.standard_normal((2, 6, vdim or E)).astype(np.float32)
+    if not cross:
+        k = v = q
+    allowed = rng.random((5, 6 if cross else 5)) > 0.3
+    allowed[:, 0] = True  # every query attends somewhere
+    module = SPLoRAMultiHeadAttention(E, H, rank=r)
+    args = tuple(map(jnp.asarray, (q, k, v)))
+    variables = dict(module.init(jax.random.PRNGKey(0), *args))
+    in_bias = ref.in_proj_bias.detach().chunk(3)
+    variables["params"] = {
+        name: _splora_dense_params(getattr(ref, name), bias)
+        for name, bias in zip(("q_proj", "k_proj", "v_proj"), in_bias)
+    } | {"out_proj": _splora_dense_params(ref.out_proj)}
+    with torch.no_grad():
+        expected = ref.eval()(_t(q), _t(k), _t(v), need_weights=False)[0].numpy()
+        expected_masked = ref(_t(q), _t(k), _t(v), attn_mask=_t(~allowed), need_weights=False)
+    with jax.default_matmul_precision("highest"):
+        got = module.apply(variables, *args)
+        unfused = module.apply(variables, *args, fused=False)
+        masked = module.apply(variables, *args, mask=jnp.asarray(allowed))
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    np.testing.assert_allclose(unfused, expected, atol=1e-5)
+    np.testing.assert_allclose(masked, expected_masked[0].numpy(), atol=1e-5)
+
+
+def test_pruned_splora_attention_fuses_and_streams_as_continual_attention():
+    from cojax.adapters import SPLoRAMultiHeadAttention, fuse_attention
+    from cojax.layers.attention import RetroactiveMultiheadAttention
+    from cojax.testing import verify_contract
+
+    E, H, N = 8, 2, 4
+    module = SPLoRAMultiHeadAttention(E, H, rank=2)
+    clip = jax.random.normal(jax.random.PRNGKey(8), (9, E))  # (T, E) tokens
+    variables = dict(module.init(jax.random.PRNGKey(9), clip[:N]))
+    keys = iter(jax.random.split(jax.random.PRNGKey(10), 12))
+    variables["params"] = jax.tree_util.tree_map(
+        lambda a: jax.random.normal(next(keys), a.shape) * 0.5 if a.ndim == 2 else a + 0.1,
+        variables["params"],
+    )  # non-trivial adapters and biases
+    rng = np.random.default_rng(11)
+    masks = {name: {"in": rng.random(E) > 0.3, "out": rng.random(E) > 0.3} for name in
+             ("q_proj", "k_proj", "v_proj", "out_proj")}  # fmt: skip
+    for name in ("q_proj", "k_proj", "v_proj"):
+        masks[name]["in"][[0, 5]] = False  # features 0 and 5: pruned upstream
+    variables["masks"] = jax.tree_util.tree_map(jnp.asarray, masks)
+    windows = jnp.stack([clip[t : t + N] for t in range(9 - N + 1)])
+    with jax.default_matmul_precision("highest"):
+        expected = module.apply(variables, windows)  # (T - N + 1, N, E)
+        assert np.all(np.asarray(expected)[..., ~masks["out_proj"]["out"]] == 0.0)
+        read = masks["q_proj"]["in"] | masks["k_proj"]["in"] | masks["v_proj"]["in"]
+        assert not read[0] and not read[5]
+        noisy = windows.at[..., ~read].set(7.0)  # input features no projection reads
+        np.testing.assert_array_equal(module.apply(variables, noisy), expected)
+        layer = RetroactiveMultiheadAttention(E, H, sequence_len=N)
+        fused = fuse_attention(variables)
+        np.testing.assert_allclose(layer.forward(fused, clip), expected, atol=1e-5)
+    verify_contract(layer, (E,), params=fused, num_frames=9, num_streams=2)

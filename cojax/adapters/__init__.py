@@ -5,6 +5,7 @@ channels (SPLoRA, SPPaRA) or blocks (SPLoPA) of the adapted weight, and `fuse_*`
 exports a plain, physically smaller layer.
 """
 
+from cojax.adapters.attention import SPLoRAMultiHeadAttention, fuse_attention
 from cojax.adapters.lopa import SPLoPADense, SPLoPAPrototypes, splopa_parameter_count
 from cojax.adapters.lora import (
     SPLoRAConv,
@@ -22,9 +23,11 @@ __all__ = [
     "SPLoPAPrototypes",
     "SPLoRAConv",
     "SPLoRADense",
+    "SPLoRAMultiHeadAttention",
     "SPPaRAConv",
     "adapter_labels",
     "adapter_optimizer",
+    "fuse_attention",
     "fuse_conv",
     "fuse_dense",
     "splopa_parameter_count",

@@ -13,7 +13,7 @@ the physically smaller plain layer.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -62,13 +62,16 @@ class SPLoRADense(nn.Module):
     `fused=True` (inference) multiplies by the adapted, masked kernel; `fused=False`
     (training, low memory) adds the adapter path `((x·in) · down) · up` instead; the
     two agree to round-off. Params: "kernel" `(in, out)` (frozen), "bias",
-    "adapter_down" `(in, r)`, "adapter_up" `(r, out)`.
+    "adapter_down" `(in, r)`, "adapter_up" `(r, out)`. `kernel_init` / `bias_init`
+    default to torch's `nn.Linear` (U(±1/√in)).
     """
 
     features: int
     rank: float = DEFAULT_RANK
     use_bias: bool = True
     init_range: float = DEFAULT_INIT_RANGE
+    kernel_init: Callable | None = None
+    bias_init: Callable | None = None
 
     @nn.compact
     def __call__(self, x: Array, fused: bool = True) -> Array:
@@ -77,7 +80,7 @@ class SPLoRADense(nn.Module):
         rank = adapter_rank(self.rank, n_out)
         check_config(rank >= 1, self, f"rank {self.rank} gives {rank} < 1 for {n_out} outputs.")
         bound = 1 / math.sqrt(n_in)
-        kernel = self.param("kernel", _uniform(bound), (n_in, n_out))
+        kernel = self.param("kernel", self.kernel_init or _uniform(bound), (n_in, n_out))
         down, up = _low_rank(self, n_in, n_out, rank, self.init_range)
         keep_in, keep_out = _masks(self, n_in, n_out)
         mask = keep_in[:, None] & keep_out[None, :]
@@ -88,7 +91,8 @@ class SPLoRADense(nn.Module):
                 keep_out, (jnp.where(keep_in, x, 0.0) @ down) @ up, 0.0
             )
         if self.use_bias:
-            y = y + jnp.where(keep_out, self.param("bias", _uniform(bound), (n_out,)), 0.0)
+            bias = self.param("bias", self.bias_init or _uniform(bound), (n_out,))
+            y = y + jnp.where(keep_out, bias, 0.0)
         return y
 
 
