@@ -194,7 +194,7 @@ def test_bad_configs_raise():
 
 
 def test_channel_criteria_and_masks_at_sparsity():
-    from cojax.adapters.pruning import block_scores, channel_masks, channel_scores
+    from cojax.adapters.pruning import channel_masks, channel_scores
 
     w = np.array([[3.0, 0.1, -2.0, 0.5], [4.0, 0.1, 0.0, -0.5]])  # (in 2, out 4)
     g = np.array([[0.0, 10.0, 1.0, 1.0], [0.0, 0.0, 1.0, -1.0]])
@@ -207,7 +207,6 @@ def test_channel_criteria_and_masks_at_sparsity():
     np.testing.assert_allclose(channel_scores(w, g, "taylor"), [0.0, 1.0, 2.0, 1.0])
     with pytest.raises(ValueError, match="needs the gradient"):
         channel_scores(w, None, "taylor")
-    np.testing.assert_allclose(block_scores(-w[None], g[None], "taylor")[0], np.abs(w * g))
 
     scores = {"a": channel_scores(w), "b": np.array([0.05, 9.0, 9.0])}
     sizes = {"a": 2, "b": 4}  # weights per channel
@@ -220,6 +219,94 @@ def test_channel_criteria_and_masks_at_sparsity():
     assert channel_masks(scores, sizes, 0.0)["a"].all()
     with pytest.raises(ValueError, match="sparsity must be in"):
         channel_masks(scores, sizes, 1.0)
+
+
+def test_block_criteria_and_masks_at_sparsity():
+    from cojax.adapters.pruning import block_masks, block_scores
+
+    rng = np.random.default_rng(12)
+    w, g = rng.standard_normal((2, 4, 6))  # (in 4, out 6); blocks (p 3, q 2) -> (2, 2)
+    scores = {
+        crit: block_scores(w, (3, 2), g, crit) for crit in ("magnitude", "gradient", "taylor")
+    }
+    for i in range(2):
+        for j in range(2):
+            wb, gb = (
+                w.T[3 * i : 3 * i + 3, 2 * j : 2 * j + 2],
+                g.T[3 * i : 3 * i + 3, 2 * j : 2 * j + 2],
+            )
+            np.testing.assert_allclose(scores["magnitude"][i, j], np.linalg.norm(wb))
+            np.testing.assert_allclose(scores["gradient"][i, j], np.linalg.norm(gb))
+            np.testing.assert_allclose(scores["taylor"][i, j], abs(np.sum(wb * gb)))
+    with pytest.raises(ValueError, match="not divisible by the block shape"):
+        block_scores(w, (4, 2))
+    layers = {"a": np.array([[1.0, 5.0], [2.0, 6.0]]), "b": np.array([[0.5, 9.0, 3.0]])}
+    masks = block_masks(layers, {"a": 6, "b": 4}, 0.4)  # 40 % of 36 weights: >= 14.4
+    assert masks["b"].tolist() == [[False, True, True]]  # 0.5 (4), then 1.0 (6), 2.0 (6)
+    assert masks["a"].tolist() == [[False, True], [False, True]]
+    with pytest.raises(ValueError, match="weight counts name"):
+        block_masks(layers, {"a": 6}, 0.4)
+
+
+def test_splopa_block_masks_prune_whole_blocks_and_fuse():
+    from cojax.adapters.lopa import fuse_splopa, splopa_adapted_kernel
+    from cojax.adapters.pruning import block_masks, block_scores
+
+    P, block = 3, (2, 2)
+    prototypes = SPLoPAPrototypes(P, block).init(jax.random.PRNGKey(13))
+    protos = SPLoPAPrototypes(P, block).apply(
+        jax.tree_util.tree_map(lambda a: a * 3e3, prototypes)  # far from their ~0 init
+    )
+    layer = SPLoPADense(6, use_bias=False)
+    x = jax.random.normal(jax.random.PRNGKey(14), (5, 8))
+    variables = dict(layer.init(jax.random.PRNGKey(15), x, protos))
+    adapted = splopa_adapted_kernel(variables, protos)
+    assert not np.allclose(adapted, variables["params"]["kernel"])  # the adapter adds
+    scores = block_scores(adapted, block)  # (3, 4)
+    keep = block_masks({"l": scores}, {"l": 4}, 0.5)["l"]
+    keep[:, 1] = False  # an input column of blocks pruned whole: inputs 2, 3 unused
+    variables["masks"] = {"blocks": jnp.asarray(np.broadcast_to(keep, (P, 3, 4)))}
+    y = layer.apply(variables, x, protos)
+    pruned = np.kron(~keep, np.ones(block, bool)).T  # (in, out) entries of pruned blocks
+    assert np.all(np.asarray(splopa_adapted_kernel(variables, protos))[pruned] == 0.0)
+    np.testing.assert_array_equal(layer.apply(variables, x.at[:, 2:4].set(9.0), protos), y)
+    params, kept_in, kept_out = fuse_splopa(variables, protos)
+    assert 2 not in kept_in and 3 not in kept_in
+    np.testing.assert_allclose(
+        x[:, kept_in] @ params["kernel"], np.asarray(y)[:, kept_out], atol=1e-5
+    )
+
+
+@pytest.mark.parametrize("groups", [2, 6])
+def test_grouped_conv_fuses_to_a_smaller_grouped_conv(groups):
+    from cojax.adapters.continual import continual_conv
+
+    layer = SPPaRAConv(6, (3,), padding=(1,), feature_group_count=groups)
+    x = jax.random.normal(jax.random.PRNGKey(16), (7, 6))
+    variables = _dense_variables(layer, x)
+    variables["params"]["adapter"] = variables["params"]["adapter"] + 0.5
+    if groups == 2:  # group 0 keeps inputs {0, 2}, outputs {1, 2}; group 1 the same counts
+        keep_in, keep_out = [1, 0, 1, 0, 1, 1], [0, 1, 1, 1, 0, 1]
+    else:  # depthwise: channel 4 pruned as input and output
+        keep_in = keep_out = [1, 1, 1, 1, 0, 1]
+    variables["masks"] = {"in": jnp.asarray(keep_in, bool), "out": jnp.asarray(keep_out, bool)}
+    y = np.asarray(layer.apply(variables, x))
+    params, kept_in, kept_out = fuse_conv(variables)
+    left = len(kept_in) // params["kernel"].shape[-2]
+    assert left == (2 if groups == 2 else 5)
+    plain = jax.lax.conv_general_dilated(
+        x[None][..., kept_in], params["kernel"], (1,), [(1, 1)],
+        dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=left,
+    )[0] + params["bias"]  # fmt: skip
+    np.testing.assert_allclose(plain, y[..., kept_out], atol=1e-5)
+    streaming, streaming_params, _ = continual_conv(variables, padding=1)  # time = the axis
+    assert streaming.groups == left
+    got = streaming.forward(streaming_params, x[..., kept_in])
+    np.testing.assert_allclose(got, y[..., kept_out], atol=1e-5)
+    uneven = [1, 1, 1, 0, 0, 1] if groups == 2 else [1, 1, 1, 1, 1, 1]
+    variables["masks"]["out"] = jnp.asarray(uneven, bool)
+    with pytest.raises(ValueError, match=r"same\s+nonzero counts"):
+        fuse_conv(variables)
 
 
 # --------------------------------------------------------------------------- continual

@@ -30,8 +30,9 @@ def continual_conv(
 ) -> tuple[Layer, Params, np.ndarray]:
     """A fused, pruned adapter convolution as a cojax continual convolution.
 
-    `variables` of an ungrouped `SPLoRAConv` / `SPPaRAConv` whose first kernel axis is
-    time; `stride` / `padding` as the cojax conv takes them (temporal first).
+    `variables` of an `SPLoRAConv` / `SPPaRAConv` (grouped or not, see `fuse_conv`)
+    whose first kernel axis is time; `stride` / `padding` as the cojax conv takes them
+    (temporal first).
     Returns `(layer, params, kept_out)`.
     """
     params, kept_in, kept_out = fuse_conv(variables, input_keep)
@@ -43,6 +44,7 @@ def continual_conv(
         kernel.shape[:nd],
         stride=stride,
         padding=padding,
+        groups=len(kept_in) // kernel.shape[-2],
         bias="bias" in params,
         temporal_fill=temporal_fill,
     )

@@ -76,13 +76,48 @@ class SPLoPADense(nn.Module):
         a, b = n_out // p, n_in // q
         pos = self.param("pos", _uniform(1 / math.sqrt(a * b)), (P, a, b))
         keep = self.variable("masks", "blocks", lambda: jnp.ones((P, a, b), bool)).value
-        delta = block_kron(jnp.where(keep, pos, 0.0), prototypes)  # (out, in)
-        block_kept = jnp.any(keep, axis=0)  # (out/p, in/q)
-        mask = jnp.repeat(jnp.repeat(block_kept, p, axis=0), q, axis=1)
-        y = x @ jnp.where(mask.T, kernel + delta.T, 0.0)
+        adapted = splopa_adapted_kernel(
+            {"params": {"kernel": kernel, "pos": pos}, "masks": {"blocks": keep}}, prototypes
+        )
+        y = x @ adapted
         if self.use_bias:
             y = y + self.param("bias", _uniform(bound), (n_out,))
         return y
+
+
+def splopa_adapted_kernel(variables: Any, prototypes: Array) -> Array:
+    """The adapted, block-masked kernel `(in, out)` of an `SPLoPADense` (pruned blocks
+    zero), given the shared `prototypes` `(P, p, q)`."""
+    pos, kernel = variables["params"]["pos"], variables["params"]["kernel"]
+    keep = variables["masks"]["blocks"]
+    _, p, q = prototypes.shape
+    delta = block_kron(jnp.where(keep, pos, 0.0), prototypes)
+    block_kept = jnp.any(keep, axis=0)
+    mask = jnp.repeat(jnp.repeat(block_kept, p, axis=0), q, axis=1)
+    return jnp.where(mask.T, kernel + delta.T, 0.0)
+
+
+def fuse_splopa(
+    variables: Any, prototypes: Array, input_keep: Array | None = None
+) -> tuple[dict, np.ndarray, np.ndarray]:
+    """A plain dense layer for an `SPLoPADense`: `(params, kept_in, kept_out)`.
+
+    Pruned blocks are zeros of the plain kernel; inputs that every kept block ignores
+    are removed (with `input_keep`, the producer's kept outputs), and outputs too when
+    the layer has no bias (a biased output of pruned blocks still emits its bias).
+    """
+    kernel = np.asarray(splopa_adapted_kernel(variables, prototypes))
+    used = kernel != 0.0
+    keep_in = np.any(used, axis=1)
+    if input_keep is not None:
+        keep_in &= np.asarray(input_keep)
+    has_bias = "bias" in variables["params"]
+    keep_out = np.ones(kernel.shape[1], bool) if has_bias else np.any(used, axis=0)
+    kept_in, kept_out = np.flatnonzero(keep_in), np.flatnonzero(keep_out)
+    params = {"kernel": jnp.asarray(kernel[kept_in][:, kept_out])}
+    if has_bias:
+        params["bias"] = variables["params"]["bias"]
+    return params, kept_in, kept_out
 
 
 def splopa_parameter_count(variables: Any, prototypes: Any | None = None) -> int:

@@ -154,10 +154,7 @@ class _AdaptedConv(nn.Module):
         kernel = self.param("kernel", _uniform(1 / math.sqrt(fan_in)), (*k, n_in // groups, n_out))
         delta = self._adapter(n_in // groups, n_out)
         keep_in, keep_out = _masks(self, n_in, n_out)
-        # A grouped kernel's input axis holds each group's channels: mask per group.
-        in_of_kernel = keep_in.reshape(groups, n_in // groups)
-        out_group = jnp.arange(n_out) // (n_out // groups)
-        mask = in_of_kernel[out_group].T & keep_out[None, :]  # (in/g, out)
+        mask = _kernel_mask(keep_in, keep_out, groups)  # (in/g, out)
         adapted = jnp.where(mask, kernel + _centre_tap(kernel.shape, delta), 0.0)
         strides = tuple(self.strides or (1,) * nd)
         padding = tuple(self.padding or (0,) * nd)
@@ -192,38 +189,75 @@ def _kept(mask: Array) -> np.ndarray:
 def fuse_dense(
     variables: Any, input_keep: Array | None = None
 ) -> tuple[dict, np.ndarray, np.ndarray]:
-    """A plain `nn.Dense(len(kept_out))` for an SPLoRA (or SPLoPA, via its kernel)
-    dense layer: `(params, kept_in, kept_out)`, the kernel `(|kept_in|, |kept_out|)`.
+    """A plain `nn.Dense(len(kept_out))` for an `SPLoRADense`: `(params, kept_in,
+    kept_out)`, the kernel `(|kept_in|, |kept_out|)`.
 
-    Inputs kept: the layer's "in" mask, and `input_keep` (the producer's kept outputs)
-    when given; a consumer of this layer must be sliced with `kept_out`.
+    Inputs: the layer's "in" mask, or, when given, `input_keep` (the producer's kept
+    outputs, so the layers chain; inputs this layer masks itself become zero rows).
+    A consumer of this layer takes `kept_out` as its `input_keep`.
     """
     p, masks = variables["params"], variables["masks"]
-    keep_in = np.asarray(masks["in"]) & (True if input_keep is None else np.asarray(input_keep))
+    own_in = np.asarray(masks["in"])
+    keep_in = own_in if input_keep is None else np.asarray(input_keep, bool)
     kept_in, kept_out = _kept(keep_in), _kept(masks["out"])
-    adapted = p["kernel"] + p["adapter_down"] @ p["adapter_up"]
+    adapted = jnp.where(own_in[:, None], p["kernel"] + p["adapter_down"] @ p["adapter_up"], 0.0)
     params = {"kernel": adapted[kept_in][:, kept_out]}
     if "bias" in p:
         params["bias"] = p["bias"][kept_out]
     return params, kept_in, kept_out
 
 
+def _kernel_mask(keep_in: Array, keep_out: Array, groups: int) -> Array:
+    """`(in/groups, out)` keep-mask of a grouped kernel: a kernel entry connects output o
+    to input channel (group of o)·in/groups + i."""
+    in_of_kernel = jnp.asarray(keep_in).reshape(groups, -1)
+    out_group = jnp.arange(keep_out.shape[0]) // (keep_out.shape[0] // groups)
+    return in_of_kernel[out_group].T & jnp.asarray(keep_out)[None, :]
+
+
 def fuse_conv(
     variables: Any, input_keep: Array | None = None
 ) -> tuple[dict, np.ndarray, np.ndarray]:
-    """A plain convolution kernel for an ungrouped SPLoRA / SPPaRA convolution:
-    `(params, kept_in, kept_out)`, kernel `(*k, |kept_in|, |kept_out|)`."""
+    """A plain convolution for an SPLoRA / SPPaRA convolution, grouped or not:
+    `(params, kept_in, kept_out)`, kernel `(*k, |kept_in|/g', |kept_out|)` with
+    g' = `len(kept_in) // kernel.shape[-2]` groups left.
+
+    Inputs: the layer's "in" mask, or, when given, `input_keep` (the producer's kept
+    outputs, so the layers chain; inputs this layer masks itself become zero rows).
+    A group whose inputs and outputs are all pruned is removed; the kept groups must
+    keep equally many inputs and outputs each (one plain grouped convolution), e.g. a
+    depthwise convolution prunes an output channel together with its input channel.
+    """
     p, masks = variables["params"], variables["masks"]
+    kernel = p["kernel"]
+    own_in, keep_out = np.asarray(masks["in"]), np.asarray(masks["out"])
+    groups = own_in.shape[0] // kernel.shape[-2]
     delta = p["adapter"] if "adapter" in p else p["adapter_down"] @ p["adapter_up"]
-    if delta.shape[0] != masks["in"].shape[0]:
-        raise NotImplementedError("fuse_conv: grouped convolutions are not fused yet.")
-    keep_in = np.asarray(masks["in"]) & (True if input_keep is None else np.asarray(input_keep))
-    kept_in, kept_out = _kept(keep_in), _kept(masks["out"])
-    adapted = p["kernel"] + _centre_tap(p["kernel"].shape, delta)
-    params = {"kernel": adapted[..., kept_in, :][..., kept_out]}
+    adapted = kernel + _centre_tap(kernel.shape, delta)
+    adapted = np.asarray(jnp.where(_kernel_mask(own_in, keep_out, groups), adapted, 0.0))
+    keep_in = own_in if input_keep is None else np.asarray(input_keep, bool)
+    in_groups, out_groups = keep_in.reshape(groups, -1), keep_out.reshape(groups, -1)
+    kept_groups = np.flatnonzero(in_groups.any(1) | out_groups.any(1))
+    counts = {(int(in_groups[j].sum()), int(out_groups[j].sum())) for j in kept_groups}
+    if groups > 1 and (len(counts) > 1 or any(0 in c for c in counts)):
+        raise ValueError(
+            f"fuse_conv: the masks keep (inputs, outputs) per group {sorted(counts)} in "
+            f"a {groups}-group convolution; one plain grouped convolution needs the same "
+            "nonzero counts in every kept group (prune a depthwise output channel together "
+            "with its input channel)."
+        )
+    out_per_group = keep_out.shape[0] // groups
+    pieces = [
+        adapted[..., np.flatnonzero(in_groups[j]), :][
+            ..., j * out_per_group + np.flatnonzero(out_groups[j])
+        ]
+        for j in kept_groups
+    ]
+    params = {"kernel": jnp.asarray(np.concatenate(pieces, axis=-1))}
+    kept_out = _kept(keep_out)
     if "bias" in p:
         params["bias"] = p["bias"][kept_out]
-    return params, kept_in, kept_out
+    return params, _kept(keep_in), kept_out
 
 
 def splora_parameter_count(variables: Any) -> int:

@@ -1,14 +1,14 @@
 """Pruning criteria and masks at a target sparsity for structured pruning adapters.
 
-Scores are per output channel (channel-SPA) or per block position (block-SPA), from the
+Scores are per output channel (channel-SPA) or per weight block (block-SPA), from the
 adapted weight `w` and, for the gradient criteria, the loss gradient `g` with respect
 to it (same shape):
 - "magnitude": ‖w_c‖₂ of the channel's weights;
 - "gradient": ‖g_c‖₂;
 - "taylor": |Σ w_c · g_c|, the first-order Taylor estimate of the loss change when
   the channel is removed (Molchanov et al., 2019).
-`channel_masks` turns scores of several layers into keep-masks that prune a target
-fraction of the weights, with one global threshold or per layer.
+`channel_masks` / `block_masks` turn scores of several layers into keep-masks that prune
+a target fraction of the weights, with one global threshold or per layer.
 """
 
 from __future__ import annotations
@@ -43,19 +43,63 @@ def channel_scores(
     return np.abs(np.sum(w * g, axis=0))
 
 
-def block_scores(pos: Array, grad: Array | None = None, criterion: str = "magnitude") -> np.ndarray:
-    """Importance of each SPLoPA position weight `(P, out/p, in/q)` (elementwise)."""
+def block_scores(
+    weight: Array,
+    block_shape: tuple[int, int],
+    grad: Array | None = None,
+    criterion: str = "magnitude",
+) -> np.ndarray:
+    """Importance of each block of an adapted dense kernel `(in, out)` (Flax layout).
+
+    `block_shape` (p, q) in torch's `(out, in)` orientation, as SPLoPA takes it; returns
+    `(out/p, in/q)`, the layout of an SPLoPA layer's block masks (the criteria as for
+    channels, over each block's p·q weights).
+    """
     if criterion not in CRITERIA:
         raise ValueError(f"block_scores: criterion must be one of {CRITERIA}, got {criterion!r}.")
-    p = np.asarray(pos, np.float64)
-    if criterion == "magnitude":
-        return np.abs(p)
-    if grad is None or np.shape(grad) != p.shape:
+    n_in, n_out = np.shape(weight)
+    p, q = block_shape
+    if n_out % p or n_in % q:
         raise ValueError(
-            f"block_scores: criterion {criterion!r} needs a gradient shaped {p.shape}."
+            f"block_scores: weight (out {n_out}, in {n_in}) is not divisible by the block "
+            f"shape ({p}, {q})."
         )
-    g = np.asarray(grad, np.float64)
-    return np.abs(g) if criterion == "gradient" else np.abs(p * g)
+
+    def blocks(a: Array) -> np.ndarray:  # (in, out) -> (out/p, in/q, p·q)
+        a = np.asarray(a, np.float64).T.reshape(n_out // p, p, n_in // q, q)
+        return a.transpose(0, 2, 1, 3).reshape(n_out // p, n_in // q, p * q)
+
+    w = blocks(weight)
+    if criterion == "magnitude":
+        return np.linalg.norm(w, axis=-1)
+    if grad is None or np.shape(grad) != np.shape(weight):
+        raise ValueError(
+            f"block_scores: criterion {criterion!r} needs the gradient of the loss with "
+            f"respect to the adapted weight, shaped {np.shape(weight)}; got "
+            f"{None if grad is None else np.shape(grad)}."
+        )
+    g = blocks(grad)
+    if criterion == "gradient":
+        return np.linalg.norm(g, axis=-1)
+    return np.abs(np.sum(w * g, axis=-1))
+
+
+def block_masks(
+    scores: Mapping[str, np.ndarray],
+    weights_per_block: Mapping[str, int],
+    sparsity: float,
+    scope: str = "global",
+) -> dict[str, np.ndarray]:
+    """Keep-masks `(out/p, in/q)` (bool per block) pruning about `sparsity` of the
+    weights, lowest scores first, as `channel_masks` does for channels.
+
+    An SPLoPA layer takes one as its "blocks" mask broadcast over the prototypes:
+    `np.broadcast_to(mask, (P, out/p, in/q))`.
+    """
+    flat = channel_masks(
+        {name: np.ravel(s) for name, s in scores.items()}, weights_per_block, sparsity, scope
+    )
+    return {name: flat[name].reshape(np.shape(s)) for name, s in scores.items()}
 
 
 def channel_masks(
@@ -71,9 +115,14 @@ def channel_masks(
     "layer" prunes each layer to the sparsity. Every layer keeps at least one channel.
     """
     if not 0.0 <= sparsity < 1.0:
-        raise ValueError(f"channel_masks: sparsity must be in [0, 1), got {sparsity}.")
+        raise ValueError(f"masks: sparsity must be in [0, 1), got {sparsity}.")
     if scope not in ("global", "layer"):
-        raise ValueError(f"channel_masks: scope must be 'global' or 'layer', got {scope!r}.")
+        raise ValueError(f"masks: scope must be 'global' or 'layer', got {scope!r}.")
+    if set(scores) != set(weights_per_channel):
+        raise ValueError(
+            f"masks: scores name layers {sorted(scores)} but the weight counts name "
+            f"{sorted(weights_per_channel)}."
+        )
     if scope == "layer":
         return {
             name: _prune({name: s}, {name: weights_per_channel[name]}, sparsity)[name]
