@@ -10,6 +10,7 @@ from cojax.adapters.lopa import SPLoPADense, SPLoPAPrototypes, splopa_parameter_
 from cojax.adapters.lora import (
     SPLoRAConv,
     SPLoRADense,
+    adapted_kernel,
     adapter_labels,
     adapter_optimizer,
     fuse_conv,
@@ -25,6 +26,7 @@ __all__ = [
     "SPLoRADense",
     "SPLoRAMultiHeadAttention",
     "SPPaRAConv",
+    "adapted_kernel",
     "adapter_labels",
     "adapter_optimizer",
     "fuse_attention",

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cojax.adapters.lora import DEFAULT_INIT_RANGE, DEFAULT_RANK, SPLoRADense
+from cojax.adapters.lora import DEFAULT_INIT_RANGE, DEFAULT_RANK, SPLoRADense, adapted_kernel
 from cojax.core import Array, check_array, check_config
 from cojax.layers.attention import attend
 
@@ -92,7 +92,7 @@ def _adapted(variables: Any, name: str) -> tuple[np.ndarray, np.ndarray | None]:
     """The masked, adapted kernel `(in, out)` and bias of one projection."""
     p, masks = variables["params"][name], variables["masks"][name]
     keep_in, keep_out = np.asarray(masks["in"]), np.asarray(masks["out"])
-    kernel = np.asarray(p["kernel"] + p["adapter_down"] @ p["adapter_up"])
+    kernel = np.asarray(adapted_kernel(p))
     kernel = np.where(keep_in[:, None] & keep_out[None, :], kernel, 0.0)
     bias = np.where(keep_out, np.asarray(p["bias"]), 0.0) if "bias" in p else None
     return kernel, bias

@@ -186,6 +186,17 @@ def _kept(mask: Array) -> np.ndarray:
     return np.flatnonzero(np.asarray(mask))
 
 
+def adapted_kernel(params: Any) -> Array:
+    """W + ΔW of an SPLoRA / SPPaRA dense or convolution layer's params (masks not
+    applied): `(in, out)` or `(*k, in/groups, out)`, the adapter at the centre tap."""
+    kernel = params["kernel"]
+    if "adapter" in params:
+        delta = params["adapter"]
+    else:
+        delta = params["adapter_down"] @ params["adapter_up"]
+    return kernel + delta if kernel.ndim == 2 else kernel + _centre_tap(kernel.shape, delta)
+
+
 def fuse_dense(
     variables: Any, input_keep: Array | None = None
 ) -> tuple[dict, np.ndarray, np.ndarray]:
@@ -200,7 +211,7 @@ def fuse_dense(
     own_in = np.asarray(masks["in"])
     keep_in = own_in if input_keep is None else np.asarray(input_keep, bool)
     kept_in, kept_out = _kept(keep_in), _kept(masks["out"])
-    adapted = jnp.where(own_in[:, None], p["kernel"] + p["adapter_down"] @ p["adapter_up"], 0.0)
+    adapted = jnp.where(own_in[:, None], adapted_kernel(p), 0.0)
     params = {"kernel": adapted[kept_in][:, kept_out]}
     if "bias" in p:
         params["bias"] = p["bias"][kept_out]
@@ -232,9 +243,8 @@ def fuse_conv(
     kernel = p["kernel"]
     own_in, keep_out = np.asarray(masks["in"]), np.asarray(masks["out"])
     groups = own_in.shape[0] // kernel.shape[-2]
-    delta = p["adapter"] if "adapter" in p else p["adapter_down"] @ p["adapter_up"]
-    adapted = kernel + _centre_tap(kernel.shape, delta)
-    adapted = np.asarray(jnp.where(_kernel_mask(own_in, keep_out, groups), adapted, 0.0))
+    mask = _kernel_mask(own_in, keep_out, groups)
+    adapted = np.asarray(jnp.where(mask, adapted_kernel(p), 0.0))
     keep_in = own_in if input_keep is None else np.asarray(input_keep, bool)
     in_groups, out_groups = keep_in.reshape(groups, -1), keep_out.reshape(groups, -1)
     kept_groups = np.flatnonzero(in_groups.any(1) | out_groups.any(1))
