@@ -164,22 +164,43 @@ def test_conv_masks_and_fuse():
     np.testing.assert_allclose(plain, y[..., kept_out], atol=1e-5)
 
 
-def test_adapter_optimizer_freezes_base_kernels():
-    layer = SPLoRADense(3, rank=1)
+def test_adapter_optimizer_freezes_base_kernels_and_trains_a_new_head():
+    import flax.linen as nn
+
+    class Model(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = SPLoRADense(3, rank=1, name="adapted")(x)
+            return nn.Dense(2, name="head")(jax.nn.relu(x))
+
+    model = Model()
     x = jax.random.normal(jax.random.PRNGKey(6), (4, 5))
-    variables = _dense_variables(layer, x)
+    variables = _dense_variables(model, x)
     params = variables["params"]
     optimizer = adapter_optimizer(optax.sgd(0.1), params)
     state = optimizer.init(params)
 
     def loss(p):
-        return jnp.sum(layer.apply({**variables, "params": p}, x) ** 2)
+        return jnp.sum(model.apply({**variables, "params": p}, x) ** 2)
 
     updates, _ = optimizer.update(jax.grad(loss)(params), state, params)
     new = optax.apply_updates(params, updates)
-    np.testing.assert_array_equal(new["kernel"], params["kernel"])
-    assert not np.allclose(new["adapter_down"], params["adapter_down"])
-    assert not np.allclose(new["bias"], params["bias"])
+    np.testing.assert_array_equal(new["adapted"]["kernel"], params["adapted"]["kernel"])
+    for layer, leaf in (("adapted", "adapter_down"), ("adapted", "bias"), ("head", "kernel")):
+        assert not np.allclose(new[layer][leaf], params[layer][leaf]), (layer, leaf)
+
+
+def test_sppara_parameter_count_counts_kept_adapter_entries():
+    from cojax.adapters import sppara_parameter_count
+
+    for groups, expected in ((1, 3 * 4 + 4), (2, (1 * 2 + 2 * 2) + 4)):
+        layer = SPPaRAConv(6, (3,), feature_group_count=groups)
+        variables = _dense_variables(layer, jnp.zeros((5, 4)))
+        keep_in, keep_out = [1, 0, 1, 1], [1, 1, 0, 1, 1, 0]  # groups: in {0 | 2, 3}
+        variables["masks"] = {"in": jnp.asarray(keep_in, bool), "out": jnp.asarray(keep_out, bool)}
+        # ungrouped: 3 kept inputs × 4 kept outputs; grouped: group 0 has 1 input × 2
+        # outputs, group 1 has 2 inputs × 2 outputs; plus the 4 kept biases.
+        assert sppara_parameter_count(variables) == expected
 
 
 def test_bad_configs_raise():

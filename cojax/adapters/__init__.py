@@ -16,6 +16,7 @@ from cojax.adapters.lora import (
     fuse_conv,
     fuse_dense,
     splora_parameter_count,
+    sppara_parameter_count,
 )
 from cojax.adapters.para import SPPaRAConv
 
@@ -34,4 +35,5 @@ __all__ = [
     "fuse_dense",
     "splopa_parameter_count",
     "splora_parameter_count",
+    "sppara_parameter_count",
 ]

@@ -13,7 +13,7 @@ the physically smaller plain layer.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -278,22 +278,44 @@ def splora_parameter_count(variables: Any) -> int:
     return rank * n_in + rank * n_out + (n_out if "bias" in p else 0)
 
 
+def sppara_parameter_count(variables: Any) -> int:
+    """Learned parameters of a masked SPPaRA convolution: the adapter entries between
+    kept channels (|in|·|out| ungrouped, |in|·|out|/groups grouped) + |out| (bias)."""
+    p, masks = variables["params"], variables["masks"]
+    groups = masks["in"].shape[0] // p["adapter"].shape[0]
+    kept_out = int(np.sum(masks["out"]))
+    entries = int(np.sum(_kernel_mask(masks["in"], masks["out"], groups)))
+    return entries + (kept_out if "bias" in p else 0)
+
+
 # --------------------------------------------------------------------------- training
 
 
+ADAPTER_LEAVES = ("adapter", "adapter_down", "adapter_up", "pos")
+
+
 def adapter_labels(params: Any) -> Any:
-    """ "train" for adapter leaves, biases, positions and prototypes; "freeze" for the
-    base kernels (any other leaf named "kernel")."""
+    """ "freeze" for the base kernel of every adapted layer (a params dict holding an
+    adapter: "adapter", "adapter_down"/"adapter_up" or SPLoPA's "pos"), "train" for
+    everything else: adapters, biases, prototypes, and plain layers such as a new
+    task head."""
 
-    def label(path, _):
-        name = str(getattr(path[-1], "key", path[-1]))
-        return "freeze" if name == "kernel" else "train"
+    def walk(tree: Any) -> Any:
+        if not isinstance(tree, Mapping):
+            return "train"
+        adapted = any(name in tree for name in ADAPTER_LEAVES)
+        labels = {
+            name: "freeze" if adapted and name == "kernel" else walk(sub)
+            for name, sub in tree.items()
+        }
+        return labels if isinstance(tree, dict) else type(tree)(labels)
 
-    return jax.tree_util.tree_map_with_path(label, params)
+    return walk(params)
 
 
 def adapter_optimizer(optimizer: optax.GradientTransformation, params: Any):
-    """`optimizer` on the adapters and biases only; frozen base kernels get no update."""
+    """`optimizer` on everything but the adapted layers' base kernels, which get no
+    update (`adapter_labels`)."""
     return optax.multi_transform(
         {"train": optimizer, "freeze": optax.set_to_zero()}, adapter_labels(params)
     )
