@@ -458,3 +458,41 @@ def test_pruned_splora_attention_fuses_and_streams_as_continual_attention():
         # (the layer's full contract is tested in test_attention.py).
         _, ys, valid = forward_steps(layer, fused, layer.init_state(fused, clip[0]), clip)
     np.testing.assert_allclose(valid_outputs(ys, valid), expected, atol=1e-5)
+
+
+def test_initialisations_follow_the_reference():
+    """Each parameter is uniform on the reference's range: the largest |value| of both
+    implementations lies just under the same bound."""
+    from cojax.adapters import SPLoRAMultiHeadAttention
+
+    def spread(a):
+        return float(np.max(np.abs(np.asarray(a.detach() if hasattr(a, "detach") else a))))
+
+    def same_range(ours, theirs, bound):
+        assert 0.9 * bound < spread(ours) <= bound and 0.9 * bound < spread(theirs) <= bound
+
+    torch.manual_seed(0)
+    ref = sp.SPLoRALinear(64, 48, rank=8)
+    v = SPLoRADense(48, rank=8).init(jax.random.PRNGKey(0), jnp.zeros((1, 64)))["params"]
+    same_range(v["adapter_up"], ref.adapter.cols, 1e-4)
+    same_range(v["adapter_down"], ref.adapter.rows, 1 / np.sqrt(8 * 64))
+    same_range(v["kernel"], ref.weight, 1 / np.sqrt(64))
+
+    ref = sp.SPPaRAConv2d(16, 32, 3)
+    v = SPPaRAConv(32, (3, 3)).init(jax.random.PRNGKey(1), jnp.zeros((5, 5, 16)))["params"]
+    same_range(v["adapter"], ref.adapter, 1e-4)
+    same_range(v["kernel"], ref.weight, 1 / np.sqrt(16 * 9))
+
+    ref = sp.SPLoPALinear(64, 64, num_prototypes=32, block_shape=(8, 8))
+    v = SPLoPADense(64).init(jax.random.PRNGKey(2), jnp.zeros((1, 64)), jnp.zeros((32, 8, 8)))
+    same_range(v["params"]["pos"], ref.adapter.pos_weights, 1 / np.sqrt(8 * 8))
+    protos = SPLoPAPrototypes(32, (8, 8)).init(jax.random.PRNGKey(3))["params"]
+    same_range(protos["up"], ref.adapter.prototypes.cols, 1e-4)
+    same_range(protos["down"], ref.adapter.prototypes.rows, 1 / np.sqrt(8))
+
+    ref = sp.SPLoRAMultiheadAttention(64, 4, rank=8)
+    v = SPLoRAMultiHeadAttention(64, 4, rank=8).init(jax.random.PRNGKey(4), jnp.zeros((3, 64)))
+    p = v["params"]
+    same_range(p["q_proj"]["kernel"], ref.q_proj.weight, np.sqrt(6 / 128))  # Xavier
+    assert not np.any(p["q_proj"]["bias"]) and not np.any(p["out_proj"]["bias"])
+    assert not ref.in_proj_bias.any() and not ref.out_proj.bias.any()
