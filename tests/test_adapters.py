@@ -242,6 +242,27 @@ def test_channel_criteria_and_masks_at_sparsity():
         channel_masks(scores, sizes, 1.0)
 
 
+def test_chain_masks_count_the_input_columns_a_pruned_channel_removes():
+    from cojax.adapters.pruning import chain_channel_masks, chain_sparsity, channel_masks
+
+    # in 2 -> a (3 outputs) -> b (2 outputs), 1 tap each: 2·3 + 3·2 = 12 weights.
+    scores = {"a": np.array([0.1, 5.0, 6.0]), "b": np.array([0.2, 7.0])}
+    taps = {"a": 1, "b": 1}
+    masks = chain_channel_masks(scores, taps, 2, 0.3)
+    # a's channel 0 takes 2 weights from a and its input column (2) from b: 4/12 >= 0.3
+    assert masks["a"].tolist() == [False, True, True] and masks["b"].all()
+    assert chain_sparsity(masks, taps, 2) == pytest.approx(4 / 12)
+    # channel_masks sees 2 weights per channel of a and 3 of b: it prunes b's too
+    assert not channel_masks(scores, {"a": 2, "b": 3}, 0.3)["b"][0]
+    # per layer: the same fraction of each layer's channels, the smallest that reaches
+    # 50 %: 1/3 -> one channel of a (ceil 1) and one of b (ceil 2/3): 6/12 removed
+    layer = chain_channel_masks(scores, taps, 2, 0.5, scope="layer")
+    assert layer["a"].tolist() == [False, True, True] and layer["b"].tolist() == [False, True]
+    assert chain_channel_masks(scores, taps, 2, 0.99)["a"].sum() == 1  # last channels stay
+    with pytest.raises(ValueError, match="same order"):
+        chain_channel_masks(scores, {"b": 1, "a": 1}, 2, 0.3)
+
+
 def test_block_criteria_and_masks_at_sparsity():
     from cojax.adapters.pruning import block_masks, block_scores
 

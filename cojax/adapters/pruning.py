@@ -8,12 +8,16 @@ to it (same shape):
 - "taylor": |Σ w_c · g_c|, the first-order Taylor estimate of the loss change when
   the channel is removed (Molchanov et al., 2019).
 `channel_masks` / `block_masks` turn scores of several layers into keep-masks that prune
-a target fraction of the weights, with one global threshold or per layer.
+a target fraction of the weights, with one global threshold or per layer;
+`chain_channel_masks` does so for a chain of layers, counting the input columns that
+removing a channel also removes from the next layer.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
+from fractions import Fraction
 
 import numpy as np
 
@@ -144,4 +148,71 @@ def _prune(scores, sizes, sparsity) -> dict[str, np.ndarray]:
             continue
         masks[name][c] = False
         pruned += sizes[name]
+    return masks
+
+
+def chain_sparsity(
+    keep_out: Mapping[str, np.ndarray], taps: Mapping[str, int], in_channels: int
+) -> float:
+    """Fraction of the weights of a chain of layers (in the mapping's order) that output
+    masks remove, with the cascade: layer i holds taps_i·|in_i|·|out_i| weights, where
+    |in_i| is the previous layer's kept outputs (`in_channels` for the first)."""
+    kept = total = 0
+    kept_in, full_in = in_channels, in_channels
+    for name, mask in keep_out.items():
+        kept += taps[name] * kept_in * int(np.sum(mask))
+        total += taps[name] * full_in * len(mask)
+        kept_in, full_in = int(np.sum(mask)), len(mask)
+    return 1.0 - kept / total
+
+
+def chain_channel_masks(
+    scores: Mapping[str, np.ndarray],
+    taps: Mapping[str, int],
+    in_channels: int,
+    sparsity: float,
+    scope: str = "global",
+) -> dict[str, np.ndarray]:
+    """Keep-masks for a chain of layers, each feeding the next (the mapping's order),
+    that remove at least `sparsity` of the chain's weights counting the cascade: an
+    output channel removed from layer i also removes its input column from layer i+1
+    (`chain_sparsity`). `taps[name]`: weights per (input, output) channel pair (k·k
+    for a k×k convolution).
+
+    "global": the lowest-scored channels of all layers go first. "layer": every layer
+    loses the same fraction of its channels (its lowest), the smallest fraction that
+    reaches the target. Channels scored -inf (e.g. pruned before) go first. Every layer
+    keeps at least one channel.
+    """
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"masks: sparsity must be in [0, 1), got {sparsity}.")
+    if scope not in ("global", "layer"):
+        raise ValueError(f"masks: scope must be 'global' or 'layer', got {scope!r}.")
+    if list(scores) != list(taps):
+        raise ValueError(
+            f"masks: scores name layers {list(scores)} but taps name {list(taps)} (same order)."
+        )
+    order = {name: np.argsort(np.asarray(s), kind="stable") for name, s in scores.items()}
+    masks = {name: np.ones(len(s), bool) for name, s in scores.items()}
+    if scope == "global":
+        entries = sorted(
+            (float(s), i, c)
+            for i, layer in enumerate(scores.values())
+            for c, s in enumerate(np.asarray(layer))
+        )
+        names = list(scores)
+        for _, i, c in entries:
+            if chain_sparsity(masks, taps, in_channels) >= sparsity:
+                break
+            if masks[names[i]].sum() > 1:
+                masks[names[i]][c] = False
+        return masks
+    sizes = {name: len(s) for name, s in scores.items()}
+    fractions = sorted({Fraction(k, n) for n in sizes.values() for k in range(n)})
+    for fraction in fractions:
+        for name, n in sizes.items():
+            masks[name] = np.ones(n, bool)
+            masks[name][order[name][: min(math.ceil(fraction * n), n - 1)]] = False
+        if chain_sparsity(masks, taps, in_channels) >= sparsity:
+            break
     return masks
