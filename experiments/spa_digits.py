@@ -43,9 +43,8 @@ Channels pruned earlier stay pruned (their score is -inf and the masks are ANDed
 "% pruned weights" = the fraction of the conv weights (3·3·in·out entries of the three
 kernels, biases and head excluded) removed, counting input channels removed upstream:
 pruning an output channel of one conv also removes its input column in the next one.
-`channel_masks` takes a constant weights-per-channel per layer (3·3·|kept inputs| at
-that step) and does not see that cascade, so its `sparsity` argument is bisected until
-the cascaded fraction first reaches the target (the achieved value is reported). The
+`chain_channel_masks` counts that cascade and stops at the first masks that reach the
+target (the achieved value is reported). The
 default scope is "layer" (each conv pruned by the same fraction: one global magnitude
 threshold across layers of different fan-in can empty a layer down to one channel);
 `--scope global` ranks all channels together.
@@ -96,7 +95,12 @@ from cojax.adapters import (
     splora_parameter_count,
     sppara_parameter_count,
 )
-from cojax.adapters.pruning import CRITERIA, channel_masks, channel_scores
+from cojax.adapters.pruning import (
+    CRITERIA,
+    chain_channel_masks,
+    chain_sparsity,
+    channel_scores,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # specs/spa.md: channel-SPA vs pruning + fine-tuning, accuracy points and fewer-params ratio.
@@ -370,30 +374,19 @@ def adapted_kernels(params: Params, masks: Masks, names: Sequence[str]) -> dict[
 
 def conv_sparsity(masks: Masks, cfg: Config) -> float:
     """Fraction of the conv kernels' weights removed (input channels cascaded)."""
-    kept = sum(int(m["in"].sum()) * int(m["out"].sum()) for m in masks.values())
-    total = sum(len(m["in"]) * len(m["out"]) for m in masks.values())
-    return 1.0 - kept / total
+    outs = {name: m["out"] for name, m in masks.items()}
+    return chain_sparsity(outs, {name: KERNEL * KERNEL for name in masks}, in_channels=1)
 
 
 def prune_to(scores: Mapping[str, np.ndarray], masks: Masks, target: float, cfg: Config) -> Masks:
-    """Masks with at least `target` of the conv weights removed, a superset of the
-    channels already pruned in `masks` (bisection over `channel_masks`' sparsity)."""
+    """Masks with at least `target` of the conv weights removed (the cascade counted by
+    `chain_channel_masks`), a superset of the channels already pruned in `masks`."""
     names = list(masks)
     before = {n: masks[n]["out"] for n in names}
     scores = {n: np.where(before[n], scores[n], -np.inf) for n in names}
-    per_channel = {n: KERNEL * KERNEL * int(masks[n]["in"].sum()) for n in names}
-
-    def at(s: float) -> Masks:
-        outs = channel_masks(scores, per_channel, s, cfg.scope)
-        return chain_masks({n: outs[n] & before[n] for n in names})
-
-    lo, hi = 0.0, 0.9999
-    if conv_sparsity(at(hi), cfg) < target:
-        return at(hi)
-    for _ in range(40):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (lo, mid) if conv_sparsity(at(mid), cfg) >= target else (mid, hi)
-    return at(hi)
+    taps = {n: KERNEL * KERNEL for n in names}
+    outs = chain_channel_masks(scores, taps, 1, target, cfg.scope)
+    return chain_masks({n: outs[n] & before[n] for n in names})
 
 
 def channel_importance(
