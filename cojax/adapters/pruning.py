@@ -118,10 +118,7 @@ def channel_masks(
     channels. Lowest scores go first; "global" ranks all layers' channels together,
     "layer" prunes each layer to the sparsity. Every layer keeps at least one channel.
     """
-    if not 0.0 <= sparsity < 1.0:
-        raise ValueError(f"masks: sparsity must be in [0, 1), got {sparsity}.")
-    if scope not in ("global", "layer"):
-        raise ValueError(f"masks: scope must be 'global' or 'layer', got {scope!r}.")
+    _check_target(sparsity, scope)
     if set(scores) != set(weights_per_channel):
         raise ValueError(
             f"masks: scores name layers {sorted(scores)} but the weight counts name "
@@ -133,6 +130,13 @@ def channel_masks(
             for name, s in scores.items()
         }
     return _prune(scores, weights_per_channel, sparsity)
+
+
+def _check_target(sparsity: float, scope: str) -> None:
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"masks: sparsity must be in [0, 1), got {sparsity}.")
+    if scope not in ("global", "layer"):
+        raise ValueError(f"masks: scope must be 'global' or 'layer', got {scope!r}.")
 
 
 def _prune(scores, sizes, sparsity) -> dict[str, np.ndarray]:
@@ -184,10 +188,7 @@ def chain_channel_masks(
     reaches the target. Channels scored -inf (e.g. pruned before) go first. Every layer
     keeps at least one channel.
     """
-    if not 0.0 <= sparsity < 1.0:
-        raise ValueError(f"masks: sparsity must be in [0, 1), got {sparsity}.")
-    if scope not in ("global", "layer"):
-        raise ValueError(f"masks: scope must be 'global' or 'layer', got {scope!r}.")
+    _check_target(sparsity, scope)
     if list(scores) != list(taps):
         raise ValueError(
             f"masks: scores name layers {list(scores)} but taps name {list(taps)} (same order)."
