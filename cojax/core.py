@@ -94,6 +94,20 @@ def check_config(cond: bool, layer: Any, message: str) -> None:
         raise ValueError(f"{layer_name(layer)}: {message}")
 
 
+def is_int_at_least(value: Any, minimum: int) -> bool:
+    """A Python int (a bool is not one) >= `minimum`: a valid static size or count."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def check_positive_ints(layer: Any, *names: str) -> None:
+    """Each named field of `layer` must be a positive int."""
+    for name in names:
+        value = getattr(layer, name)
+        check_config(
+            is_int_at_least(value, 1), layer, f"{name} must be a positive int, got {value!r}."
+        )
+
+
 def check_array(
     layer: Any,
     x: Any,

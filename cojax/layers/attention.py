@@ -49,6 +49,7 @@ from cojax.core import (
     as_spec,
     check_array,
     check_config,
+    check_positive_ints,
     new_counter,
     zero_unless,
 )
@@ -188,13 +189,7 @@ class _WindowAttention(Layer):
     bias: bool = True
 
     def __post_init__(self):
-        for name in ("embed_dim", "num_heads", "sequence_len"):
-            value = getattr(self, name)
-            check_config(
-                isinstance(value, int) and not isinstance(value, bool) and value >= 1,
-                self,
-                f"{name} must be a positive int, got {value!r}.",
-            )
+        check_positive_ints(self, "embed_dim", "num_heads", "sequence_len")
         check_config(
             self.embed_dim % self.num_heads == 0,
             self,

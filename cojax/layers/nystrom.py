@@ -50,6 +50,7 @@ from cojax.core import (
     as_spec,
     check_array,
     check_config,
+    is_int_at_least,
     new_counter,
     zero_unless,
 )
@@ -258,7 +259,7 @@ def _check_attention(module: Any) -> None:
         value = getattr(module, name)
         minimum = 0 if name == "pinv_iterations" else 1
         check_config(
-            isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
+            is_int_at_least(value, minimum),
             module,
             f"{name} must be an int >= {minimum}, got {value!r}.",
         )

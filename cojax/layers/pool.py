@@ -37,6 +37,7 @@ from cojax.core import (
     check_array,
     check_config,
     empty_outputs,
+    is_int_at_least,
     zero_unless,
 )
 from cojax.layers.window import WindowState, init_window, push_window
@@ -520,7 +521,7 @@ class _AdaptivePoolNd(_Pool):
             ("temporal_dilation", dilation, 1),
         ):
             check_config(
-                isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
+                is_int_at_least(value, minimum),
                 self,
                 f"{name} must be an int >= {minimum}, got {value!r}.",
             )

@@ -37,6 +37,8 @@ from cojax.core import (
     as_spec,
     check_array,
     check_config,
+    check_positive_ints,
+    is_int_at_least,
     zero_unless,
 )
 from cojax.layers.attention import (
@@ -100,13 +102,7 @@ class _EncoderBlock(Layer):
     norm_first: bool = False
 
     def __post_init__(self):
-        for name in ("d_model", "nhead", "sequence_len", "dim_feedforward"):
-            value = getattr(self, name)
-            check_config(
-                isinstance(value, int) and not isinstance(value, bool) and value >= 1,
-                self,
-                f"{name} must be a positive int, got {value!r}.",
-            )
+        check_positive_ints(self, "d_model", "nhead", "sequence_len", "dim_feedforward")
         check_config(
             self.d_model % self.nhead == 0,
             self,
@@ -333,7 +329,7 @@ def TransformerEncoder(  # noqa: N802  (a constructor, named like torch's class)
     `(T - N + 1, E)`. `norm=True` adds the encoder's final LayerNorm. Params mirror
     torch's keys: {"layers": {"0": …, "1": …}, "norm": …}. Delay N - 1.
     """
-    if not (isinstance(num_layers, int) and not isinstance(num_layers, bool) and num_layers >= 1):
+    if not is_int_at_least(num_layers, 1):
         raise ValueError(
             f"TransformerEncoder: num_layers must be a positive int, got {num_layers!r}."
         )

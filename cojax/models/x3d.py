@@ -37,7 +37,7 @@ from collections.abc import Sequence
 import jax
 
 from cojax.containers import BroadcastReduce, Sequential
-from cojax.core import Array, Layer, Params, PyTree, State, as_spec
+from cojax.core import Array, Layer, Params, PyTree, State, as_spec, is_int_at_least
 from cojax.layers.closure import Identity, Reshape
 from cojax.layers.conv import Conv3d
 from cojax.layers.delay import Delay
@@ -265,9 +265,7 @@ def _jit_method(model: X3D, method: str, *args):
 
 def _check_ints(name: str, values: Sequence[int], n: int) -> tuple[int, ...]:
     values = tuple(values)
-    if len(values) != n or not all(
-        isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values
-    ):
+    if len(values) != n or not all(is_int_at_least(v, 1) for v in values):
         what = "a positive int" if n == 1 else f"{n} positive ints"
         got = values[0] if n == 1 and len(values) == 1 else values
         raise ValueError(f"x3d: {name} must be {what}, got {got!r}.")
