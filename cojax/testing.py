@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cojax.core import Layer, as_spec, forward_steps
+from cojax.core import Layer, as_spec, forward_steps, valid_outputs
 
 Tree = Any
 
@@ -33,6 +33,13 @@ Tree = Any
 def _run(layer: Layer, params: Tree, state: Tree, clip: Tree, pad_end: bool = False):
     """`forward_steps` compiled once per (layer, shapes): the harness calls it often."""
     return forward_steps(layer, params, state, clip, pad_end=pad_end)
+
+
+def streamed_outputs(layer: Layer, params: Tree, clip: Tree) -> tuple[Tree, int]:
+    """Step `layer` over one stream `clip` `(T, ...)` from a fresh state (jit): the
+    emitted outputs (host arrays) and the step that emitted the first of them."""
+    _, ys, valid = _run(layer, params, layer.init_state(params, _first(clip)), clip)
+    return valid_outputs(ys, valid), int(np.argmax(np.asarray(valid)))
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
@@ -71,11 +78,6 @@ def _assert_close(actual: Tree, desired: Tree, rtol: float, atol: float, what: s
         a, d = np.asarray(a), np.asarray(d)
         assert a.shape == d.shape, f"{what}: shapes differ: {a.shape} vs {d.shape}"
         np.testing.assert_allclose(a, d, rtol=rtol, atol=atol, err_msg=what)
-
-
-def _select_valid(ys: Tree, valid: jax.Array) -> Tree:
-    mask = np.asarray(valid)
-    return jax.tree_util.tree_map(lambda a: np.asarray(a)[mask], ys)
 
 
 def _num_time(tree: Tree) -> int:
@@ -142,7 +144,7 @@ def _check_step_equals_forward(layer, params, state0, clip, ref, name, check_del
         assert first == layer.delay, (
             f"{name}: first valid output at step {first}, but layer.delay = {layer.delay}"
         )
-    got = _select_valid(ys, valid)
+    got = valid_outputs(ys, valid)
     _assert_close(got, _time_slice(ref, 0, n), rtol, atol, f"{name}: step != forward")
     for leaf in jax.tree_util.tree_leaves(ys):
         invalid = np.asarray(leaf)[~valid]
@@ -239,7 +241,7 @@ def _check_jit(layer, params, state0, clip, full, name, rtol, atol):
 
 def _check_pad_end(layer, params, state0, clip, more, ref, name, rtol, atol):
     state, ys, valid = _run(layer, params, state0, clip, pad_end=True)
-    got = _select_valid(ys, valid)
+    got = valid_outputs(ys, valid)
     n, n_ref = _num_time(got), _num_time(ref)
     assert n == n_ref, f"{name}: pad_end=True emitted {n} outputs, forward has {n_ref}"
     _assert_close(got, ref, rtol, atol, f"{name}: pad_end=True != forward")

@@ -446,8 +446,8 @@ def test_splora_attention_matches_reference(cross):
 
 def test_pruned_splora_attention_fuses_and_streams_as_continual_attention():
     from cojax.adapters import SPLoRAMultiHeadAttention, fuse_attention
-    from cojax.core import forward_steps, valid_outputs
     from cojax.layers.attention import RetroactiveMultiheadAttention
+    from cojax.testing import streamed_outputs
 
     E, H, N = 8, 2, 4
     module = SPLoRAMultiHeadAttention(E, H, rank=2)
@@ -477,8 +477,8 @@ def test_pruned_splora_attention_fuses_and_streams_as_continual_attention():
         np.testing.assert_allclose(layer.forward(fused, clip), expected, atol=1e-5)
         # Streamed: each step's N rows are the masked adapted attention on its window
         # (the layer's full contract is tested in test_attention.py).
-        _, ys, valid = forward_steps(layer, fused, layer.init_state(fused, clip[0]), clip)
-    np.testing.assert_allclose(valid_outputs(ys, valid), expected, atol=1e-5)
+        streamed, _ = streamed_outputs(layer, fused, clip)
+    np.testing.assert_allclose(streamed, expected, atol=1e-5)
 
 
 def test_initialisations_follow_the_reference():

@@ -7,13 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from cojax.core import forward_steps
 from cojax.layers.attention import (
     RetroactiveMultiheadAttention,
     SingleOutputMultiheadAttention,
     multihead_self_attention,
 )
-from cojax.testing import verify_contract
+from cojax.testing import streamed_outputs, verify_contract
 
 E, H, N = 8, 2, 5
 
@@ -41,12 +40,10 @@ def _sliding_windows(params, x, n=N, heads=H):
 
 
 def _stream(layer, params, x):
-    state = layer.init_state(params, x[0])
     with jax.default_matmul_precision("highest"):
-        _, ys, valid = jax.jit(forward_steps, static_argnums=0)(layer, params, state, x)
-    valid = np.asarray(valid)
-    assert int(np.argmax(valid)) == layer.delay == N - 1
-    return np.asarray(ys)[valid]
+        ys, first = streamed_outputs(layer, params, x)
+    assert first == layer.delay == N - 1
+    return ys
 
 
 # --------------------------------------------------------------------------- contract
