@@ -317,6 +317,13 @@ def test_splopa_block_masks_prune_whole_blocks_and_fuse():
     np.testing.assert_allclose(
         x[:, kept_in] @ params["kernel"], np.asarray(y)[:, kept_out], atol=1e-5
     )
+    # Chained after a producer that pruned its channel 5 (so x[:, 5] is 0): exactly the
+    # producer's channels, the unread ones (2, 3) as zero rows.
+    producer = np.arange(8) != 5
+    params, kept_in, kept_out = fuse_splopa(variables, protos, input_keep=producer)
+    np.testing.assert_array_equal(kept_in, np.flatnonzero(producer))
+    y_chained = np.asarray(layer.apply(variables, x.at[:, 5].set(0.0), protos))
+    np.testing.assert_allclose(x[:, kept_in] @ params["kernel"], y_chained[:, kept_out], atol=1e-5)
 
 
 @pytest.mark.parametrize("groups", [2, 6])

@@ -76,10 +76,7 @@ class SPLoPADense(nn.Module):
         a, b = n_out // p, n_in // q
         pos = self.param("pos", _uniform(1 / math.sqrt(a * b)), (P, a, b))
         keep = self.variable("masks", "blocks", lambda: jnp.ones((P, a, b), bool)).value
-        adapted = splopa_adapted_kernel(
-            {"params": {"kernel": kernel, "pos": pos}, "masks": {"blocks": keep}}, prototypes
-        )
-        y = x @ adapted
+        y = x @ _block_adapted(kernel, pos, keep, prototypes)
         if self.use_bias:
             y = y + self.param("bias", _uniform(bound), (n_out,))
         return y
@@ -88,8 +85,13 @@ class SPLoPADense(nn.Module):
 def splopa_adapted_kernel(variables: Any, prototypes: Array) -> Array:
     """The adapted, block-masked kernel `(in, out)` of an `SPLoPADense` (pruned blocks
     zero), given the shared `prototypes` `(P, p, q)`."""
-    pos, kernel = variables["params"]["pos"], variables["params"]["kernel"]
-    keep = variables["masks"]["blocks"]
+    p = variables["params"]
+    return _block_adapted(p["kernel"], p["pos"], variables["masks"]["blocks"], prototypes)
+
+
+def _block_adapted(kernel: Array, pos: Array, keep: Array, prototypes: Array) -> Array:
+    """kernel `(in, out)` + Σ_k kron(pos_k, proto_k)ᵀ over the kept position weights;
+    blocks with no kept position are zero, base included."""
     _, p, q = prototypes.shape
     delta = block_kron(jnp.where(keep, pos, 0.0), prototypes)
     block_kept = jnp.any(keep, axis=0)
@@ -102,15 +104,14 @@ def fuse_splopa(
 ) -> tuple[dict, np.ndarray, np.ndarray]:
     """A plain dense layer for an `SPLoPADense`: `(params, kept_in, kept_out)`.
 
-    Pruned blocks are zeros of the plain kernel; inputs that every kept block ignores
-    are removed (with `input_keep`, the producer's kept outputs), and outputs too when
-    the layer has no bias (a biased output of pruned blocks still emits its bias).
+    Pruned blocks are zeros of the plain kernel. Inputs: those some kept block reads,
+    or, when given, `input_keep` (the producer's kept outputs, so the layers chain, as
+    with `fuse_dense`). Outputs that only pruned blocks feed are removed when the layer
+    has no bias (a biased one still emits its bias).
     """
     kernel = np.asarray(splopa_adapted_kernel(variables, prototypes))
     used = kernel != 0.0
-    keep_in = np.any(used, axis=1)
-    if input_keep is not None:
-        keep_in &= np.asarray(input_keep)
+    keep_in = np.any(used, axis=1) if input_keep is None else np.asarray(input_keep, bool)
     has_bias = "bias" in variables["params"]
     keep_out = np.ones(kernel.shape[1], bool) if has_bias else np.any(used, axis=0)
     kept_in, kept_out = np.flatnonzero(keep_in), np.flatnonzero(keep_out)
@@ -122,8 +123,9 @@ def fuse_splopa(
 
 def splopa_parameter_count(variables: Any, prototypes: Any | None = None) -> int:
     """Learned parameters (the spec's count): kept position weights, plus P·p·r + P·r·q
-    for the prototype params `prototypes` (counted once per shared set). The bias of an
-    SPLoPA layer stays frozen, as in the reference."""
+    for the prototype params `prototypes` (counted once per shared set). The formula
+    leaves the bias out; `adapter_optimizer` trains it (as the reference's
+    `from_module` does), which adds |out|."""
     count = int(np.sum(variables["masks"]["blocks"]))
     if prototypes is not None:
         count += prototypes["up"].size + prototypes["down"].size
