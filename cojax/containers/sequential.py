@@ -140,31 +140,33 @@ class Sequential(Container):
         return new_state, (x, valid)
 
     def flush(self, params, state, frame):
-        # Child i's end padding releases outputs that flow through children i+1..n;
-        # then child i+1 pads its own end, from its state after those outputs.
+        # The end padding as a pipeline, one child at a time: child i first steps over
+        # the tail released by the children before it (in time order), then pads its
+        # own end from the state that leaves it; the tail then grows by its flush.
+        # The same sequence each child sees when every flush is pushed through the rest
+        # of the chain, but each child is traced once (linear, not quadratic, in depth).
         specs = self.input_specs(params, frame)
-        states = dict(state)
-        parts = []
-        for i, (name, layer) in enumerate(self.children):
-            ys, valid = layer.flush(params[name], states[name], specs[i])
-            rest = self.children[i + 1 :]
-            if rest:
-                rest_states, (ys, valid) = _scan_chain(rest, params, states, ys, valid)
-                states.update(rest_states)
-            parts.append((ys, valid))
-        return stack_time([p[0] for p in parts]), jnp.concatenate([p[1] for p in parts])
+        tail = None
+        for (name, layer), spec in zip(self.children, specs):
+            child_state = state[name]
+            parts = []
+            if tail is not None and tail[1].shape[0]:
+                child_state, tail = _scan_child(layer, params[name], child_state, *tail)
+                parts.append(tail)
+            parts.append(layer.flush(params[name], child_state, spec))
+            tail = (stack_time([p[0] for p in parts]), jnp.concatenate([p[1] for p in parts]))
+        return tail
 
 
-def _scan_chain(children: Children, params, states, ys, valid):
-    def body(sts, inputs):
+def _scan_child(layer: Layer, params, state, ys, valid):
+    """Step one child over a tail of (possibly invalid) inputs: (state, (ys, valid))."""
+
+    def body(s, inputs):
         x, v = inputs
-        sts = dict(sts)
-        for name, layer in children:
-            sts[name], (x, v) = masked_step(layer, params[name], sts[name], x, v)
-        return sts, (x, v)
+        s, (x, v) = masked_step(layer, params, s, x, v)
+        return s, (x, v)
 
-    init = {name: states[name] for name, _ in children}
-    return jax.lax.scan(body, init, (ys, valid))
+    return jax.lax.scan(body, state, (ys, valid))
 
 
 def _infer_broadcasts(children: Children) -> Children:
