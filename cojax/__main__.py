@@ -12,8 +12,9 @@ through its jitted `step`, and shows that
    network re-run on the latest 13 frames every frame, jitted, same kernels), for one
    stream and for N streams (`jax.vmap` via `co.step_streams`).
 
-`--model small` runs the same on a small X3D-like network (`cojax.demo_models`) in a
-few seconds. Exits with status 1 when the equivalence check fails.
+`--model small` runs the same on a small X3D-like network (`cojax.demo_models`). The
+demo warns when its timings are too few or too spread to trust. Exits with status 1
+when the equivalence check fails.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from cojax.streams import init_streams, step_streams
 
 SMALL_CLASSES = 10
 X3D_CLASSES = 400
+MIN_TRUSTED_CALLS = 5  # fewer timed calls than this: the median is noise
+MAX_TRUSTED_SPREAD = 0.25  # (p75 - p25) / median above this: a busy machine
 
 
 class DemoModel(NamedTuple):
@@ -60,7 +63,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         choices=("cox3d-s", "small"),
         default="cox3d-s",
         help="cox3d-s: X3D-S as a continual network (default); small: a small X3D-like "
-        "network (seconds instead of a minute)",
+        "network that compiles and runs in a fraction of the time",
     )
     parser.add_argument(
         "--weights",
@@ -71,7 +74,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--se-scope",
         choices=("frame", "clip"),
-        default="frame",
         help="cox3d-s squeeze-excitation: frame (the reference CoX3D, default) or clip "
         "(X3D's exact SE, 180 frames more delay)",
     )
@@ -88,7 +90,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--timing-calls",
         type=int,
         default=8,
-        help="sliding-window clip calls timed per run (default 8)",
+        help=f"sliding-window clip calls timed per run (default 8; fewer than "
+        f"{MIN_TRUSTED_CALLS} give a warning: the speed-up is then noise)",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     args = parser.parse_args(argv)
@@ -102,6 +105,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"--timing-calls must be >= 1, got {args.timing_calls}")
     if args.weights and args.model != "cox3d-s":
         parser.error("--weights loads an X3D-S checkpoint: use it with --model cox3d-s")
+    if args.se_scope and args.model != "cox3d-s":
+        parser.error("--se-scope sets CoX3D-S's squeeze-excitation: use it with --model cox3d-s")
+    args.se_scope = args.se_scope or "frame"
     return args
 
 
@@ -228,12 +234,34 @@ def _speed_rows(results: list[tuple[str, int, np.ndarray]]) -> list[list[str]]:
     return rows
 
 
+def timing_warnings(results: list[tuple[str, int, np.ndarray]]) -> list[str]:
+    """Why the speed table should not be trusted: too few timed calls, or a wide spread."""
+    warnings = []
+    for mode, streams, times in results:
+        what = f"{mode}, {streams} stream{'s' if streams > 1 else ''}"
+        if len(times) < MIN_TRUSTED_CALLS:
+            warnings.append(
+                f"{what}: only {len(times)} timed call(s), fewer than {MIN_TRUSTED_CALLS}: "
+                "its median and the speed-up are noise (raise --timing-calls / --frames)"
+            )
+            continue
+        q25, q50, q75 = np.percentile(times, [25, 50, 75])
+        if (q75 - q25) / q50 > MAX_TRUSTED_SPREAD:
+            warnings.append(
+                f"{what}: timings spread by {100 * (q75 - q25) / q50:.0f}% of the median "
+                "(interquartile range): the machine is busy, the speed-up is uncertain"
+            )
+    return warnings
+
+
 def _print_header(args: argparse.Namespace, demo: DemoModel) -> None:
     model = demo.model
     print("cojax demo: a continual 3D CNN streaming a synthetic video, frame by frame")
+    count = num_params(demo.params)
     print(
-        f"  model: {demo.description}; {num_params(demo.params):,} parameters, "
-        f"receptive field {model.receptive_field} frames, delay {model.delay}"
+        f"  model: {demo.description}; {count.learned:,} parameters (+ "
+        f"{count.statistics:,} BatchNorm statistics), receptive field "
+        f"{model.receptive_field} frames, delay {model.delay}"
     )
     print(
         f"  input: {args.frames} frames of {args.size}x{args.size}x3 (moving pattern), "
@@ -330,6 +358,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("sliding-window clip", args.streams, t_clip_n),
     ]
     print(_table(_speed_rows(results)))
+    for warning in timing_warnings(results):
+        print(f"  warning: {warning}")
 
     passed = all(ok for _, (_, _, ok) in checks)
     print(f"\nResult: {'PASS' if passed else 'FAIL'} ({time.perf_counter() - started:.1f} s)")

@@ -12,6 +12,7 @@ exactly what a sliding-window clip classifier computes, without recomputing the 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -145,6 +146,26 @@ def _random_bn(bn: dict, rng: np.random.Generator) -> dict:
     return out
 
 
-def num_params(params: Params) -> int:
-    """Number of scalars in a parameter pytree."""
-    return sum(int(jnp.size(leaf)) for leaf in jax.tree_util.tree_leaves(params))
+class ParamCount(NamedTuple):
+    """Scalars in a parameter tree: learned ones and BatchNorm running statistics."""
+
+    learned: int
+    statistics: int
+
+
+def num_params(params: Params) -> ParamCount:
+    """Count the scalars of a parameter pytree, the BatchNorm running statistics apart.
+
+    A dict holding "mean" and "var" is a BatchNorm: those two leaves are statistics
+    (what torch keeps as buffers), the rest of the tree is learned. The model zoo's
+    parameter counts are the learned ones.
+    """
+    if isinstance(params, dict) and "mean" in params and "var" in params:
+        stats = int(jnp.size(params["mean"])) + int(jnp.size(params["var"]))
+        rest = {k: v for k, v in params.items() if k not in ("mean", "var")}
+        return ParamCount(num_params(rest).learned, stats)
+    if isinstance(params, dict):
+        counts = [num_params(v) for v in params.values()]
+        return ParamCount(sum(c.learned for c in counts), sum(c.statistics for c in counts))
+    leaves = jax.tree_util.tree_leaves(params)
+    return ParamCount(sum(int(jnp.size(leaf)) for leaf in leaves), 0)

@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cojax.__main__ import compare, main, moving_pattern
-from cojax.demo_models import init_random, small_x3d_like
+from cojax.__main__ import compare, main, moving_pattern, timing_warnings
+from cojax.demo_models import init_random, num_params, small_x3d_like
 
 SECTIONS = (
     "1. Equivalence: continual steps vs the clip network (forward) on the whole stream",
@@ -35,9 +35,15 @@ def _check_output(status: int, out: str) -> None:
 
 def test_small_demo_runs_and_passes(capsys):
     args = ["--model", "small", "--frames", "16", "--size", "16", "--streams", "2"]
-    _check_output(main([*args, "--seed", "1"]), capsys.readouterr().out)
+    status = main([*args, "--seed", "1", "--timing-calls", "2"])
+    out = capsys.readouterr().out
+    _check_output(status, out)
+    learned, stats = num_params(init_random(small_x3d_like(num_classes=10), jax.random.PRNGKey(1)))
+    assert f"{learned:,} parameters (+ {stats:,} BatchNorm statistics)" in out
+    assert "warning: sliding-window clip, 1 stream: only 2 timed call(s)" in out
 
 
+@pytest.mark.slow
 def test_cox3d_s_demo_runs_and_passes_on_small_frames(capsys):
     # The README's command streams CoX3D-S at 160x160; 32x32 frames keep this fast.
     args = ["--frames", "43", "--size", "32", "--streams", "2", "--timing-calls", "1"]
@@ -73,11 +79,33 @@ def test_demo_rejects_too_few_frames(capsys):
     assert "delay" in capsys.readouterr().out
 
 
-def test_demo_rejects_bad_flags():
+def test_demo_rejects_bad_flags(capsys):
     with pytest.raises(SystemExit):
         main(["--size", "2"])
     with pytest.raises(SystemExit):
         main(["--model", "small", "--weights", "x3d.pyth"])
+    with pytest.raises(SystemExit):  # the small model has no squeeze-excitation
+        main(["--model", "small", "--se-scope", "clip"])
+    assert "--se-scope" in capsys.readouterr().err
+
+
+def test_timing_warnings_flag_few_calls_and_wide_spreads():
+    steady = np.full(20, 5.0)
+    noisy = np.array([1.0, 1.0, 1.0, 4.0, 4.0, 4.0, 9.0, 9.0])
+    assert timing_warnings([("continual step", 1, steady)]) == []
+    few = timing_warnings([("sliding-window clip", 1, steady[:2])])
+    assert len(few) == 1 and "only 2 timed call(s)" in few[0]
+    spread = timing_warnings([("continual step", 4, noisy)])
+    assert len(spread) == 1 and "busy" in spread[0] and "4 streams" in spread[0]
+
+
+def test_parameter_count_keeps_batchnorm_statistics_apart():
+    params = {
+        "conv": {"kernel": jnp.ones((3, 3, 4, 8)), "bias": jnp.ones(8)},
+        "bn": {"mean": jnp.zeros(8), "var": jnp.ones(8), "scale": jnp.ones(8), "bias": jnp.ones(8)},
+    }
+    assert num_params(params) == (3 * 3 * 4 * 8 + 8 + 16, 16)
+    assert num_params({}) == (0, 0)
 
 
 def test_compare_fails_on_mismatch_or_missing_outputs():
