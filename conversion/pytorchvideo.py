@@ -1,4 +1,6 @@
-"""Import pytorchvideo's X3D builder on machines without torchvision.
+"""Import pytorchvideo's X3D builder (the `x3d` extra) on machines without torchvision.
+
+`pip install -e ".[x3d]"` installs it (pytorchvideo==0.1.5, fvcore==0.1.5.post20221221).
 
 pytorchvideo 0.1.5's package imports `torchvision.ops.RoIAlign` (for a detection head
 X3D never uses) and fvcore's `nn` package, whose `__init__` needs iopath. Stand-ins for
@@ -38,4 +40,18 @@ def import_create_x3d() -> Callable | None:
     finally:
         for name in stand_ins:
             sys.modules.pop(name, None)
+    return create_x3d
+
+
+X3D_EXTRA_HINT = (
+    'pytorchvideo\'s X3D code is not installed: pip install -e ".[torch,x3d]" '
+    "(pytorchvideo==0.1.5, fvcore==0.1.5.post20221221)"
+)
+
+
+def require_create_x3d() -> Callable:
+    """`pytorchvideo.models.x3d.create_x3d`; a clear `ImportError` when it is missing."""
+    create_x3d = import_create_x3d()
+    if create_x3d is None:
+        raise ImportError(X3D_EXTRA_HINT)
     return create_x3d

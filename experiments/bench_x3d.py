@@ -64,7 +64,7 @@ from bench_streaming import (  # noqa: E402
 import cojax as co  # noqa: E402
 from cojax.flops import compiled_flops  # noqa: E402
 from conversion import load_x3d  # noqa: E402
-from conversion.pytorchvideo import import_create_x3d  # noqa: E402
+from conversion.pytorchvideo import require_create_x3d  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FRAMES, CROP, CLASSES, STREAMS = 13, 160, 400, 8
@@ -115,7 +115,7 @@ def clips(streams: int, seed: int = 1) -> np.ndarray:
 
 def torch_only(state_path: str, out: str, budget: float) -> dict:
     """The torch rows (run in a fresh process that never starts XLA's thread pool)."""
-    model = import_create_x3d()().eval()
+    model = require_create_x3d()().eval()
     model.load_state_dict(torch.load(state_path))
     rows, outputs = [], {}
     with torch.no_grad():
@@ -298,12 +298,16 @@ def main() -> None:
         print(json.dumps(torch_only(*args.torch_only, args.budget)))
         return
 
+    try:
+        require_create_x3d()  # the torch rows and the shared weights come from pytorchvideo
+    except ImportError as error:
+        sys.exit(f"bench_x3d: {error}")
     started = time.perf_counter()
     load_start = os.getloadavg()
     print(f"load average at start: {load_start}; cpus {os.cpu_count()}, "
           f"jax {jax.__version__}, torch {torch.__version__}", flush=True)  # fmt: skip
     torch.manual_seed(0)
-    state_dict = randomize_bn(import_create_x3d()()).state_dict()  # X3D-S, random weights
+    state_dict = randomize_bn(require_create_x3d()()).state_dict()  # X3D-S, random weights
     models = {scope: load_x3d(state_dict, "S", se_scope=scope) for scope in ("frame", "clip")}
     model, params = models["frame"]  # softmax head
     n_params = sum(math.prod(a.shape) for a in jax.tree_util.tree_leaves(params))

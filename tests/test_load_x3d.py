@@ -23,7 +23,7 @@ from torch import nn
 from cojax.core import forward_steps
 from cojax.models import x3d
 from conversion import load_x3d
-from conversion.pytorchvideo import import_create_x3d
+from conversion.pytorchvideo import X3D_EXTRA_HINT, import_create_x3d
 
 FRAMES = 5  # head pool frames of the tiny model
 TINY_KWARGS = dict(head_pool_frames=FRAMES, head_activation=None, **TINY)
@@ -241,7 +241,7 @@ def test_bad_sources_raise(tmp_path):
 def create_x3d():
     function = import_create_x3d()
     if function is None:
-        pytest.skip("pytorchvideo (and fvcore) not installed")
+        pytest.skip(X3D_EXTRA_HINT)
     return function
 
 
@@ -256,7 +256,7 @@ def _per_frame_se(module):
             m.forward = types.MethodType(forward, m)
 
 
-@pytest.mark.parametrize("se_scope", ["clip", "frame"])
+@pytest.mark.parametrize("se_scope", [pytest.param("clip", marks=pytest.mark.slow), "frame"])
 def test_real_pytorchvideo_create_x3d(create_x3d, se_scope, tmp_path):
     # width_factor 1, stem_dim_in 4: widths (8, 8, 16, 32); depth_factor 0.5: (1, 1, 3, 2).
     frames = 4
