@@ -248,8 +248,9 @@ def timing_warnings(results: list[tuple[str, int, np.ndarray]]) -> list[str]:
         q25, q50, q75 = np.percentile(times, [25, 50, 75])
         if (q75 - q25) / q50 > MAX_TRUSTED_SPREAD:
             warnings.append(
-                f"{what}: timings spread by {100 * (q75 - q25) / q50:.0f}% of the median "
-                "(interquartile range): the machine is busy, the speed-up is uncertain"
+                f"{what}: timings vary by {100 * (q75 - q25) / q50:.0f}% of the median "
+                "(interquartile range): the speed-up is rough (more --frames / "
+                "--timing-calls or a quieter machine narrow it)"
             )
     return warnings
 

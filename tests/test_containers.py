@@ -236,6 +236,7 @@ def compositions(draw, depth=0):
     )
 
 
+@pytest.mark.slow
 @settings(max_examples=10, deadline=None)
 @given(compositions())
 def test_random_compositions_keep_the_contract(net):

@@ -125,6 +125,7 @@ def test_forward_matches_torch_module_zeros_fill():
 
 
 # No shrinking: each example runs verify_contract (seconds); the draws are printed.
+@pytest.mark.slow
 @settings(max_examples=15, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate])
 @given(data=st.data())
 def test_random_configs(data):

@@ -23,6 +23,7 @@ def test_classifier_contract():
     verify_contract(layer, (6,), num_frames=14, num_streams=2, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_two_block_encoder_contract():
     encoder = NystromEncoder(8, 2, 2, sequence_len=4, num_layers=2, dim_feedforward=12)
     layer = NystromLayer(encoder)
@@ -66,6 +67,7 @@ def _train(model, variables, clips, labels, steps, lr=2e-2):
     return {**variables, "params": params}, losses
 
 
+@pytest.mark.slow
 def test_train_updated_then_fix_landmarks_and_fine_tune():
     clips, labels = _task(16, 12, seed=0)
     model = NystromformerClassifier(**TINY, landmarks="updated")

@@ -36,7 +36,7 @@ def _params(model, seed=0):
     return jax.tree_util.tree_map_with_path(randomize, params)
 
 
-@pytest.mark.parametrize("num_layers", [1, 2])
+@pytest.mark.parametrize("num_layers", [1, pytest.param(2, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("learned", [True, False])
 def test_contract(num_layers, learned):
     model = co_oadtr(**TINY, num_layers=num_layers, learned_positions=learned)

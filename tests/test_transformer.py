@@ -80,7 +80,10 @@ def test_encoder_steps_equal_torch_encoder_on_every_window(num_layers, norm_firs
         np.testing.assert_allclose(clip, expected, atol=3e-6)
 
 
-@pytest.mark.parametrize("num_layers", [1, 2, 3])
+@pytest.mark.parametrize(
+    "num_layers",
+    [1, pytest.param(2, marks=pytest.mark.slow), pytest.param(3, marks=pytest.mark.slow)],
+)
 def test_encoder_contract(num_layers):
     layer, params = from_torch_transformer(_torch_encoder(num_layers, seed=num_layers), N)
     verify_contract(layer, (E,), params=params, num_frames=3 * N + 2, num_streams=2)

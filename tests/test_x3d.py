@@ -297,6 +297,7 @@ def test_frame_se_is_per_frame_and_only_approximates_x3d_clip_se():
     assert not np.allclose(got, per_clip, rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_clip_se_equals_x3d_on_its_clip_forward_and_streamed():
     # se_scope="clip": on a clip of head_pool_frames frames every SE averages the whole
     # clip, so forward is X3D (torch reference with its clip SE), and so are the steps
@@ -344,6 +345,7 @@ def test_clip_se_layer_is_x3d_se_over_each_centred_window():
 # --------------------------------------------------------------------------- streaming
 
 
+@pytest.mark.slow
 def test_streaming_contract():
     model, _, params = _tiny_pair(head_activation=None)
     assert model.delay == 2 + 5 + TINY_FRAMES - 1
@@ -359,6 +361,7 @@ def test_streaming_contract():
     )
 
 
+@pytest.mark.slow
 def test_clip_se_streaming_contract():
     model = x3d(
         "S",
