@@ -62,6 +62,7 @@ from bench_streaming import (  # noqa: E402
 )
 
 import cojax as co  # noqa: E402
+from cojax.demo_models import num_params  # noqa: E402
 from cojax.flops import compiled_flops  # noqa: E402
 from conversion import load_x3d  # noqa: E402
 from conversion.pytorchvideo import require_create_x3d  # noqa: E402
@@ -310,10 +311,11 @@ def main() -> None:
     state_dict = randomize_bn(require_create_x3d()()).state_dict()  # X3D-S, random weights
     models = {scope: load_x3d(state_dict, "S", se_scope=scope) for scope in ("frame", "clip")}
     model, params = models["frame"]  # softmax head
-    n_params = sum(math.prod(a.shape) for a in jax.tree_util.tree_leaves(params))
+    n_params = num_params(params)  # learned, BatchNorm statistics apart
     memory = {scope: state_bytes(*models[scope]) for scope in models}
     delays = {scope: models[scope][0].delay for scope in models}
-    print(f"params {n_params / 1e6:.2f} M; state per stream (bytes) {memory}; "
+    print(f"params {n_params.learned / 1e6:.2f} M (+ {n_params.statistics:,} BatchNorm "
+          f"statistics); state per stream (bytes) {memory}; "
           f"delay {delays}", flush=True)  # fmt: skip
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -401,7 +403,8 @@ def main() -> None:
     result = {
         "description": __doc__.split("\n\n")[0],
         "network": f"X3D-S {FRAMES}x{CROP}x{CROP}, {CLASSES} classes, softmax head, "
-        f"params {n_params}; CoX3D-S delay {delays} by se_scope",
+        f"params {n_params.learned} (+ {n_params.statistics} BatchNorm statistics); "
+        f"CoX3D-S delay {delays} by se_scope",
         "timing": "ms per call, median after one warm-up call; one prediction per stream per call",
         "flops_basis": "XLA cost analysis of the compiled, timed 1-stream step / clip "
         "executables (co.flops / co.clip_flops count); torch rows use the clip count",
