@@ -3,7 +3,7 @@
     from cojax.testing import verify_contract
     verify_contract(co.Conv3d(3, 8, kernel_size=3, padding=1), (6, 6, 3))
 
-Checks (DESIGN.md §4), each raising `AssertionError` with a message that says which:
+Checks (docs/api.md, "Testing harness"), each raising `AssertionError` with a message that says which:
 1. `forward_steps` == `forward` on valid outputs (first output after `delay`), with
    random parameters; invalid steps emit zeros.
 2. Chunk invariance: the stream split over several `forward_steps` calls.

@@ -70,7 +70,7 @@ def from_continual(
     maths of its steps: an adaptive pool pools windows of its temporal `kernel_size`
     (torch pools the whole clip; equal on a clip of exactly that length), GroupNorm
     normalises each frame (torch's clip forward also averages over time), and the
-    reference's known defects (specs/continual-inference.md) are not copied.
+    reference's known defects (docs/continual-inference.md) are not copied.
 
     `lambdas` maps the path of a `co.Lambda` to a JAX function of one channels-last
     frame (or to a cojax layer used as is); `conditional_predicates` maps the path of a

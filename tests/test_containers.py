@@ -73,7 +73,7 @@ def test_composition_contract(name):
 
 
 def test_reference_metadata_example():
-    # specs/continual-inference.md: Conv(k3,p1) -> MaxPool(k2,s2) -> Conv(k3,s2,p1)
+    # continual-inference's example (docs/api.md): Conv(k3,p1) -> MaxPool(k2,s2) -> Conv(k3,s2,p1)
     # has stride 4, padding 3, receptive field 8, delay 4 (a k2/s2 conv stands in
     # for the pool: same temporal metadata).
     net = co.Sequential(conv(), conv(k=2, p=0, s=2), conv(s=2))

@@ -7,7 +7,7 @@ compare, as max abs error (float32, tolerance 1e-5):
   (b) every valid output of cojax `forward_steps` vs the reference's `forward_steps`
       and its `forward_step` loop, and vs the clip outputs (the sliding-window maths),
 and the static metadata (delay, receptive field, stride, padding) vs the reference's.
-Where the reference is known to be wrong (specs/continual-inference.md) the test
+Where the reference is known to be wrong (docs/continual-inference.md) the test
 compares against the plain sliding-window computation instead and says so.
 The errors measured are collected in `ERRORS` and printed by `test_zz_report_errors`
 (run `pytest -s tests/test_conversion.py` to see them).

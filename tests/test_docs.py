@@ -124,3 +124,29 @@ def test_readme_starts_with_the_two_setup_commands_and_ci_runs_them():
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert install in ci, f".ci/run must run the README's install command: {install}"
     assert test in ci, f".ci/run must run the README's test command: {test}"
+
+
+REPO_PATH = re.compile(
+    r"\b((?:docs|experiments|tests|cojax|conversion)/[\w./-]+\.(?:md|py|json|png))"
+)
+
+
+def _repo_texts() -> list[Path]:
+    files = [*ROOT.glob("*.md"), *ROOT.glob("docs/*.md"), *ROOT.glob("experiments/*.md")]
+    for folder in ("cojax", "conversion", "tests", "experiments"):
+        files += (ROOT / folder).rglob("*.py")
+    return files
+
+
+def test_docs_and_docstrings_cite_only_files_in_the_repo():
+    missing, outside = [], []
+    for path in _repo_texts():
+        text = path.read_text()
+        where = path.relative_to(ROOT)
+        for match in REPO_PATH.finditer(text):
+            if not (ROOT / match.group(1)).exists():
+                missing.append(f"{where}: {match.group(1)}")
+        if path.name != "test_docs.py" and re.search(r"specs/|DESIGN\.md", text):
+            outside.append(str(where))
+    assert not missing, f"references to files that do not exist: {missing}"
+    assert not outside, f"references to the spec files outside the repo: {outside}"

@@ -1,7 +1,7 @@
 """`conversion.load_x3d`: X3D checkpoints in the SlowFast/co3d and pytorchvideo key
 layouts load into `cojax.models.x3d` and reproduce the torch network's logits.
 
-The torch reference is `TorchX3D` of tests/test_x3d.py (X3D from specs/x3d.md) with its
+The torch reference is `TorchX3D` of tests/test_x3d.py (X3D as docs/x3d.md describes it) with its
 state dict renamed key by key into each layout; where pytorchvideo is installed, a real
 `create_x3d` model is checked as well. With se_scope="clip" the cojax model is X3D on
 a clip of `head_pool_frames` frames, so the torch references keep X3D's own SE (mean
@@ -186,7 +186,7 @@ def test_pytorchvideo_missing_shortcut_bn_is_identity():
 def test_full_size_x3d_s_keys_load(layout, count):
     config = dict(widths=(24, 48, 96, 192), depths=(3, 5, 11, 7), head_width=2048, num_classes=400)
     state = _state_dict(_reference(layout, **config), layout)
-    assert len(state) == count  # the key counts of specs/x3d.md
+    assert len(state) == count  # the key counts of docs/x3d.md
     model, params = load_x3d(state, "S")
     specs = jax.eval_shape(model.init, jax.random.PRNGKey(0))
     assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(specs)

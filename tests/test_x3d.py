@@ -155,7 +155,7 @@ class TorchBlock(nn.Module):
 
 
 class TorchX3D(nn.Module):
-    """X3D from specs/x3d.md in plain torch (SlowFast names), returning logits."""
+    """X3D as docs/x3d.md describes it, in plain torch (SlowFast names), returning logits."""
 
     def __init__(self, widths, depths, head_width, num_classes, frames, per_frame):
         super().__init__()

@@ -122,7 +122,7 @@ def fuse_splopa(
 
 
 def splopa_parameter_count(variables: Any, prototypes: Any | None = None) -> int:
-    """Learned parameters (the spec's count): kept position weights, plus P·p·r + P·r·q
+    """Learned parameters (the paper's count, docs/adapters.md): kept position weights, plus P·p·r + P·r·q
     for the prototype params `prototypes` (counted once per shared set). The formula
     leaves the bias out; `adapter_optimizer` trains it (as the reference's
     `from_module` does), which adds |out|."""

@@ -56,7 +56,7 @@ class Sequential(Container):
 
     Params and state are dicts keyed by child name. A child's invalid outputs (before
     its delay, between strided outputs) never reach the children after it.
-    Composition (specs/continual-inference.md): stride = Π s_i,
+    Composition (docs/api.md, as continual-inference): stride = Π s_i,
     padding = p_0 + Σ_i p_i Π_{j<i} s_j, receptive field folded from the last child
     backwards (rf = s_i·rf + rf_i − s_i), delay = Σ_i d_i Π_{j<i} s_j (which equals
     rf − 1 − padding whenever each child's delay does).

@@ -10,7 +10,7 @@ stored spatially padded). A step appends the new frame and runs one *window kern
 `(k_t frames) -> output frame`. The clip `forward` takes the k_t strided temporal views
 of the padded clip and runs the SAME kernel batched over all T_out windows, so the clip
 path costs per output what a step costs. The kernel is chosen per configuration
-(measurements: specs/performance.md and experiments/bench_conv_kernels.py):
+(measurements: experiments/bench_conv_kernels.py, tabled in experiments/README.md):
 
 - "depthwise" (groups == in_channels > 1): shifted slices x per-channel weights, summed;
   XLA fuses it into one loop (lax.conv with feature_group_count=C is ~100x slower on CPU).

@@ -14,7 +14,7 @@ approximation of X3D. On a longer stream both are continual networks: each step 
 `forward` over the stream, whose temporal padding and SE windows sit at the stream's
 ends, not at each window's (no O(1)-per-frame network can re-pad every window).
 
-Architecture (specs/x3d.md): stem conv 1×3×3 stride (1, 2, 2) → depthwise temporal
+Architecture (docs/x3d.md): stem conv 1×3×3 stride (1, 2, 2) → depthwise temporal
 5×1×1 → BN → ReLU; four stages of bottleneck blocks a (1×1×1) → b (depthwise 3×3×3,
 spatial stride 2 in a stage's first block) → SE (even blocks) → Swish → c (1×1×1),
 shortcut conv + BN in a stage's first block, ReLU after the sum; head conv_5 → BN →
