@@ -39,7 +39,7 @@ from cojax.streams import init_streams, step_streams
 SMALL_CLASSES = 10
 X3D_CLASSES = 400
 MIN_TRUSTED_CALLS = 5  # fewer timed calls than this: the median is noise
-MAX_TRUSTED_SPREAD = 0.25  # (p75 - p25) / median above this: a busy machine
+MAX_TRUSTED_SPREAD = 0.25  # (p75 - p25) / median above this: the speed-up is rough
 
 
 class DemoModel(NamedTuple):

@@ -308,6 +308,17 @@ def forward_steps(
     return state, ys, valid
 
 
+def numpy_rng(key: jax.Array) -> np.random.Generator:
+    """A NumPy generator seeded from a JAX key (raw `PRNGKey` or typed key).
+
+    For random values drawn on the host: on XLA:CPU, compiling a `jax.random` draw for
+    each new set of shapes can cost more than the work that uses them.
+    """
+    typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+    data = jax.random.key_data(key) if typed else key
+    return np.random.default_rng(np.asarray(data, np.uint32).ravel().tolist())
+
+
 def valid_outputs(ys: PyTree, valid: Array) -> PyTree:
     """Select the emitted outputs (host-side helper; not for use under jit)."""
     mask = np.asarray(valid)

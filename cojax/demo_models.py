@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cojax.containers import Residual, Sequential
-from cojax.core import Layer, Params
+from cojax.core import Layer, Params, numpy_rng
 from cojax.layers.closure import Reshape
 from cojax.layers.conv import Conv3d
 from cojax.layers.linear import Linear
@@ -110,15 +110,16 @@ def init_random(model: Layer, key: jax.Array) -> Params:
     leaves takes longer than the whole demo.
     """
     shapes = jax.eval_shape(model.init, key)
-    data = (
-        jax.random.key_data(key) if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else key
-    )
-    rng = np.random.default_rng(np.asarray(data, np.uint32).ravel().tolist())
-    return _draw(shapes, rng, "params")
+    return _draw(shapes, numpy_rng(key), "params")
+
+
+def _is_batchnorm(tree) -> bool:
+    """A BatchNorm's params: a dict holding its running "mean" and "var"."""
+    return isinstance(tree, dict) and "mean" in tree and "var" in tree
 
 
 def _draw(tree, rng: np.random.Generator, path: str):
-    if isinstance(tree, dict) and "mean" in tree and "var" in tree:
+    if _is_batchnorm(tree):
         return _random_bn(tree, rng)
     if isinstance(tree, dict) and "kernel" in tree:
         fan_in = math.prod(tree["kernel"].shape[:-1])
@@ -160,7 +161,7 @@ def num_params(params: Params) -> ParamCount:
     (what torch keeps as buffers), the rest of the tree is learned. The model zoo's
     parameter counts are the learned ones.
     """
-    if isinstance(params, dict) and "mean" in params and "var" in params:
+    if _is_batchnorm(params):
         stats = int(jnp.size(params["mean"])) + int(jnp.size(params["var"]))
         rest = {k: v for k, v in params.items() if k not in ("mean", "var")}
         return ParamCount(num_params(rest).learned, stats)

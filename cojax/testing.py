@@ -3,7 +3,8 @@
     from cojax.testing import verify_contract
     verify_contract(co.Conv3d(3, 8, kernel_size=3, padding=1), (6, 6, 3))
 
-Checks (docs/api.md, "Testing harness"), each raising `AssertionError` with a message that says which:
+Checks (docs/api.md, "Testing harness"), each raising `AssertionError` with a message
+that says which:
 1. `forward_steps` == `forward` on valid outputs (first output after `delay`), with
    random parameters; invalid steps emit zeros.
 2. Chunk invariance: the stream split over several `forward_steps` calls.
@@ -24,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cojax.core import Layer, as_spec, forward_steps, valid_outputs
+from cojax.core import Layer, as_spec, forward_steps, numpy_rng, valid_outputs
 
 Tree = Any
 
@@ -55,14 +56,10 @@ def _spec_tree(frame: Any) -> Tree:
 
 
 def random_clip(key: jax.Array, frame: Tree, num_frames: int) -> Tree:
-    """Standard normal clip `(T, *frame)` for every leaf of the frame spec.
-
-    Drawn with NumPy seeded from `key`: on XLA:CPU, compiling a `jax.random` draw for
-    each new shape costs more than most of the checks that use the clip.
-    """
+    """Standard normal clip `(T, *frame)` for every leaf of the frame spec, drawn with
+    NumPy seeded from `key` (`numpy_rng`: no `jax.random` compilation per shape)."""
     leaves, treedef = jax.tree_util.tree_flatten(_spec_tree(frame))
-    data = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
-    rng = np.random.default_rng(np.asarray(data, np.uint32).ravel().tolist())
+    rng = numpy_rng(key)
     clips = [
         jnp.asarray(rng.standard_normal((num_frames, *s.shape)).astype(s.dtype)) for s in leaves
     ]

@@ -299,8 +299,8 @@ def main() -> None:
         print(json.dumps(torch_only(*args.torch_only, args.budget)))
         return
 
-    try:
-        require_create_x3d()  # the torch rows and the shared weights come from pytorchvideo
+    try:  # the torch rows and the shared weights come from pytorchvideo
+        create_x3d = require_create_x3d()
     except ImportError as error:
         sys.exit(f"bench_x3d: {error}")
     started = time.perf_counter()
@@ -308,7 +308,7 @@ def main() -> None:
     print(f"load average at start: {load_start}; cpus {os.cpu_count()}, "
           f"jax {jax.__version__}, torch {torch.__version__}", flush=True)  # fmt: skip
     torch.manual_seed(0)
-    state_dict = randomize_bn(require_create_x3d()()).state_dict()  # X3D-S, random weights
+    state_dict = randomize_bn(create_x3d()).state_dict()  # X3D-S, random weights
     models = {scope: load_x3d(state_dict, "S", se_scope=scope) for scope in ("frame", "clip")}
     model, params = models["frame"]  # softmax head
     n_params = num_params(params)  # learned, BatchNorm statistics apart

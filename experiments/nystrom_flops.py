@@ -1,5 +1,6 @@
 """FLOPs per prediction vs sequence length: regular and continual softmax attention and
-regular and continual Nyström attention (XLA-measured, beside the reference code's formulas).
+regular and continual Nyström attention (XLA-measured, beside the reference code's
+formulas).
 
 Configuration: E = 256, 4 heads (d = 64), float32, one stream; n ∈ {64, …, 1024} and m
 ∈ {4, 16, 64} landmarks (combinations with m >= n are skipped). One prediction is:

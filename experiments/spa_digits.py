@@ -103,7 +103,8 @@ from cojax.adapters.pruning import (
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
-# The paper (arXiv 2211.10155): channel-SPA vs pruning + fine-tuning, accuracy points and fewer-params ratio.
+# The paper (arXiv 2211.10155): channel-SPA vs pruning + fine-tuning, accuracy points
+# and fewer-params ratio.
 PAPER = {"delta_90": 6.9, "delta_70": -1.6, "ratio_70": 17.0}
 METHODS = ("finetune", "splora", "sppara")
 LABELS = {

@@ -50,7 +50,8 @@ from cojax.models.x3d import (
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
-# Paper table (Continual 3D CNNs, ECCV 2022): GFLOPs per prediction (fvcore: 1 MAC = 1 "FLOP").
+# Paper table (Continual 3D CNNs, ECCV 2022): GFLOPs per prediction
+# (fvcore: 1 MAC = 1 "FLOP").
 PAPER_X3D_GFLOPS = {"XS": 0.64, "S": 2.06, "M": 4.97, "L": 19.17}
 PAPER_COX3D_GFLOPS = {"S": 0.17, "M": 0.33, "L": 1.25}
 PAPER_REDUCTION = {"S": 12.1, "M": 15.1, "L": 15.3}

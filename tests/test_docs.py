@@ -132,7 +132,8 @@ REPO_PATH = re.compile(
 
 
 def _repo_texts() -> list[Path]:
-    files = [*ROOT.glob("*.md"), *ROOT.glob("docs/*.md"), *ROOT.glob("experiments/*.md")]
+    """The docs and every Python file of the repo."""
+    files = list(DOC_FILES)
     for folder in ("cojax", "conversion", "tests", "experiments"):
         files += (ROOT / folder).rglob("*.py")
     return files

@@ -1,12 +1,12 @@
 """`conversion.load_x3d`: X3D checkpoints in the SlowFast/co3d and pytorchvideo key
 layouts load into `cojax.models.x3d` and reproduce the torch network's logits.
 
-The torch reference is `TorchX3D` of tests/test_x3d.py (X3D as docs/x3d.md describes it) with its
-state dict renamed key by key into each layout; where pytorchvideo is installed, a real
-`create_x3d` model is checked as well. With se_scope="clip" the cojax model is X3D on
-a clip of `head_pool_frames` frames, so the torch references keep X3D's own SE (mean
-over the whole clip); with se_scope="frame" (the reference CoX3D's per-frame SE) they
-are given the same per-frame SE.
+The torch reference is `TorchX3D` of tests/test_x3d.py (X3D as docs/x3d.md describes it)
+with its state dict renamed key by key into each layout; where pytorchvideo is
+installed, a real `create_x3d` model is checked as well. With se_scope="clip" the cojax
+model is X3D on a clip of `head_pool_frames` frames, so the torch references keep X3D's
+own SE (mean over the whole clip); with se_scope="frame" (the reference CoX3D's
+per-frame SE) they are given the same per-frame SE.
 """
 
 import math

@@ -122,10 +122,10 @@ def fuse_splopa(
 
 
 def splopa_parameter_count(variables: Any, prototypes: Any | None = None) -> int:
-    """Learned parameters (the paper's count, docs/adapters.md): kept position weights, plus P·p·r + P·r·q
-    for the prototype params `prototypes` (counted once per shared set). The formula
-    leaves the bias out; `adapter_optimizer` trains it (as the reference's
-    `from_module` does), which adds |out|."""
+    """Learned parameters (the paper's count, docs/adapters.md): kept position weights,
+    plus P·p·r + P·r·q for the prototype params `prototypes` (counted once per
+    shared set). The formula leaves the bias out; `adapter_optimizer` trains it (as
+    the reference's `from_module` does), which adds |out|."""
     count = int(np.sum(variables["masks"]["blocks"]))
     if prototypes is not None:
         count += prototypes["up"].size + prototypes["down"].size
