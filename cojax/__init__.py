@@ -25,6 +25,7 @@ from cojax.core import (
     masked_step,
     valid_outputs,
 )
+from cojax.flax_bridge import CojaxModule, flax_module
 from cojax.flops import clip_flops, compiled_flops, flops
 from cojax.layers.attention import (
     RetroactiveMultiheadAttention,
@@ -105,5 +106,13 @@ from cojax.layers.transformer import (
 )
 from cojax.models import X3D, CoOadTR, co_oadtr, x3d
 from cojax.streams import init_streams, step_streams
+from cojax.training import (
+    masked_optimizer,
+    output_lengths,
+    output_mask,
+    statistics_label,
+    train_forward,
+    trainable_mask,
+)
 
 __version__ = "0.1.0"

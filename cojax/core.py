@@ -17,6 +17,7 @@ Parameters and state are explicit pytrees. For ONE stream, channels-last:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -63,22 +64,62 @@ def zero_unless(valid: Array, y: PyTree) -> PyTree:
     return jax.tree_util.tree_map(lambda a: jnp.where(valid, a, jnp.zeros_like(a)), y)
 
 
-def advance_counter(count: Array, delay: int, stride: int) -> tuple[Array, Array]:
+@jax.tree_util.register_pytree_with_keys_class
+class Schedule:
+    """A frame counter (see `advance_counter`) tagged with its static `delay` and
+    `stride`: they are part of the tree structure, so `check_state` tells a state of
+    a layer with another schedule (a stride-1 state in a stride-3 conv) at trace time."""
+
+    __slots__ = ("count", "delay", "stride")
+
+    def __init__(self, count: Array, delay: int, stride: int):
+        self.count, self.delay, self.stride = count, delay, stride
+
+    def tree_flatten_with_keys(self):
+        return ((jax.tree_util.GetAttrKey("count"), self.count),), (self.delay, self.stride)
+
+    def tree_flatten(self):
+        return (self.count,), (self.delay, self.stride)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(children[0], *aux)
+
+    def __repr__(self) -> str:
+        return f"Schedule(count={self.count}, delay={self.delay}, stride={self.stride})"
+
+
+def advance_counter(count: Array | Schedule, delay: int, stride: int):
     """Validity of the current step and the next counter value.
 
     `count` is the number of frames seen before this one, wrapped into
     `[0, delay + stride]` so it never overflows on endless streams and is 0 only before
     the first frame. The step is valid on the `delay`-th frame and every `stride`
-    frames after it.
+    frames after it. A `Schedule` comes back as a `Schedule`.
     """
+    if isinstance(count, Schedule):
+        if (count.delay, count.stride) != (delay, stride):
+            raise ValueError(
+                f"a counter of delay {count.delay}, stride {count.stride} was given to a "
+                f"layer of delay {delay}, stride {stride}: the state is another layer's."
+            )
+        valid, nxt = advance_counter(count.count, delay, stride)
+        return valid, Schedule(nxt, delay, stride)
     valid = jnp.logical_or(count == delay, count == delay + stride)
     nxt = count + 1
     nxt = jnp.where(nxt > delay + stride, nxt - stride, nxt)
     return valid, nxt.astype(count.dtype)
 
 
-def new_counter() -> Array:
-    return jnp.zeros((), jnp.int32)
+def new_counter(delay: int | None = None, stride: int | None = None) -> Array | Schedule:
+    """A zero counter; a `Schedule` when the layer's `delay` and `stride` are given."""
+    count = jnp.zeros((), jnp.int32)
+    return count if delay is None else Schedule(count, delay, 1 if stride is None else stride)
+
+
+def frames_seen(count: Array | Schedule) -> Array:
+    """The counter value of a plain or `Schedule` counter (0 before the first frame)."""
+    return count.count if isinstance(count, Schedule) else count
 
 
 def stack_time(trees: list[PyTree]) -> PyTree:
@@ -106,6 +147,107 @@ def check_positive_ints(layer: Any, *names: str) -> None:
         check_config(
             is_int_at_least(value, 1), layer, f"{name} must be a positive int, got {value!r}."
         )
+
+
+# --------------------------------------------------------------------------- config values
+# One set of validators for every layer's configuration. `validate_fields` applies them
+# to a dataclass layer's fields by their annotation, so every layer gets them.
+
+
+def as_int(layer: Any, name: str, value: Any, minimum: int | None = None) -> int:
+    """A static int (a Python or NumPy integer; never a bool or a float) -> `int`."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(
+            f"{layer_name(layer)}: {name} must be an int, got {value!r} ({type(value).__name__})."
+        )
+    value = int(value)
+    if minimum is not None:
+        check_config(value >= minimum, layer, f"{name} must be >= {minimum}, got {value}.")
+    return value
+
+
+def as_int_tuple(
+    layer: Any, name: str, value: Any, n: int | None = None, minimum: int | None = None
+) -> tuple[int, ...]:
+    """An int (repeated `n` times) or a sequence of ints (of length `n` if given)."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        if n is None:
+            raise TypeError(f"{layer_name(layer)}: {name} must be a tuple of ints, got {value!r}.")
+        value = (value,) * n
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        want = "an int or a tuple of ints" if n is not None else "a tuple of ints"
+        raise TypeError(f"{layer_name(layer)}: {name} must be {want}, got {value!r}.")
+    value = tuple(value)
+    if n is not None and len(value) != n:
+        raise ValueError(
+            f"{layer_name(layer)}: {name} must be an int or a tuple of {n} ints, got {value!r}."
+        )
+    return tuple(as_int(layer, name, v, minimum) for v in value)
+
+
+def as_float(layer: Any, name: str, value: Any) -> float:
+    """A real number (int or float, Python or NumPy; never a bool) -> `float`."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+        raise TypeError(
+            f"{layer_name(layer)}: {name} must be a number, got {value!r} ({type(value).__name__})."
+        )
+    return float(value)
+
+
+def as_bool(layer: Any, name: str, value: Any) -> bool:
+    """A bool (Python or NumPy; never an int) -> `bool`."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(
+            f"{layer_name(layer)}: {name} must be a bool, got {value!r} ({type(value).__name__})."
+        )
+    return bool(value)
+
+
+def as_str(layer: Any, name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{layer_name(layer)}: {name} must be a string, got {value!r}.")
+    return value
+
+
+def field_alias(
+    layer: Any, arg: str, value: Any, default: Any, field: str, field_value: Any
+) -> Any:
+    """Constructor argument `arg` or its field spelling `field` (what `repr` and
+    `dataclasses.replace` pass), not both."""
+    if field_value is None:
+        return value
+    if value != default:
+        raise TypeError(f"{layer_name(layer)}: pass {arg} or {field}, not both.")
+    return field_value
+
+
+def _optional(check):
+    return lambda layer, name, value: None if value is None else check(layer, name, value)
+
+
+_FIELD_CHECKS = {
+    "int": as_int,
+    "float": as_float,
+    "bool": as_bool,
+    "str": as_str,
+    "tuple[int, ...]": as_int_tuple,
+    "int | None": _optional(as_int),
+    "float | None": _optional(as_float),
+}
+
+
+def validate_fields(layer: Any) -> None:
+    """Check and normalise a dataclass layer's fields by their annotations.
+
+    `int` fields take Python or NumPy ints (never bools or floats), `float` fields
+    any real number, `bool` fields only bools, `tuple[int, ...]` sequences of ints.
+    """
+    for field in dataclasses.fields(layer):
+        check = _FIELD_CHECKS.get(field.type if isinstance(field.type, str) else "")
+        if check is not None:
+            object.__setattr__(
+                layer, field.name, check(layer, field.name, getattr(layer, field.name))
+            )
 
 
 def check_array(
@@ -152,12 +294,156 @@ def check_array(
 # --------------------------------------------------------------------------- layers
 
 
+def check_state(layer: Any, params: Params, state: State, frame: PyTree) -> None:
+    """Raise unless `state` is what `layer.init_state(params, frame)` would make.
+
+    Compares tree structure, leaf shapes and dtypes with `jax.eval_shape`, so under
+    `jit` it costs nothing at run time. Catches a state from another layer or
+    configuration, or one made for frames of another shape or dtype.
+    """
+    expected = jax.eval_shape(layer.init_state, params, as_spec(frame))
+    name = layer_name(layer)
+    got_leaves, got_def = jax.tree_util.tree_flatten_with_path(state)
+    want_leaves, want_def = jax.tree_util.tree_flatten_with_path(expected)
+    if not got_leaves and not want_leaves:
+        return  # a stateless layer takes any empty state: (), {}, None or NoState()
+    if got_def != want_def:
+        raise ValueError(
+            f"{name}: the state does not belong to this layer: expected a state like "
+            f"{_describe(expected)}, got {_describe(state)}. Make it with "
+            "layer.init_state(params, frame) for this layer and frame shape."
+        )
+    for (path, got), (_, want) in zip(got_leaves, want_leaves):
+        shape, dtype = tuple(np.shape(got)), jnp.result_type(got)
+        if (shape, dtype) != (tuple(want.shape), want.dtype):
+            raise ValueError(
+                f"{name}: state leaf {jax.tree_util.keystr(path) or '(root)'} is "
+                f"{dtype}{list(shape)}, but for a frame {jnp.result_type(frame)}"
+                f"{list(np.shape(frame))} this layer's init_state makes "
+                f"{want.dtype}{list(want.shape)}: the state was made by another layer, "
+                "configuration or frame shape/dtype."
+            )
+
+
+def check_array_leaves(layer: Any, tree: PyTree, what: str = "frame") -> None:
+    """Raise a TypeError naming the layer unless every leaf of `tree` is an array."""
+    for leaf in jax.tree_util.tree_leaves(tree):
+        if not hasattr(leaf, "shape") or not hasattr(leaf, "dtype"):
+            raise TypeError(
+                f"{layer_name(layer)}: expected arrays in the {what}, got {type(leaf).__name__}."
+            )
+
+
+def _describe(tree: PyTree) -> str:
+    text = str(jax.tree_util.tree_map(lambda a: f"{jnp.result_type(a)}{list(np.shape(a))}", tree))
+    return text if len(text) <= 300 else text[:300] + "..."
+
+
+def _check_input_frame(layer: Any, frame: PyTree) -> None:
+    if isinstance(frame, (tuple, list, dict)):
+        check_array_leaves(layer, frame)
+    else:
+        check_array(layer, frame)
+    layer.check_frame(frame)
+
+
+def _frame_checked(method, position: int):
+    """`step` / `init_state` that first checks the frame, the positional argument at
+    `position` after `params` (`layer.check_frame`)."""
+    if getattr(method, "checks_frame", False):
+        return method
+
+    @functools.wraps(method)
+    def checked(self, params, *args, **kwargs):
+        _check_input_frame(self, args[position])
+        return method(self, params, *args, **kwargs)
+
+    checked.checks_frame = True
+    return checked
+
+
+def _state_checked(step):
+    """The public `step`: checks the frame, then the state (`check_state`)."""
+
+    @functools.wraps(step)
+    def checked(self, params, state, frame):
+        _check_input_frame(self, frame)
+        check_state(self, params, state, frame)
+        return step(self, params, state, frame)
+
+    checked.checks_state = True
+    return checked
+
+
+def _clip_checked(forward):
+    """`forward` that first checks the clip (`layer.check_clip`)."""
+    if getattr(forward, "checks_clip", False):
+        return forward
+
+    @functools.wraps(forward)
+    def checked(self, params, clip, *args, **kwargs):
+        self.check_clip(clip)
+        return forward(self, params, clip, *args, **kwargs)
+
+    checked.checks_clip = True
+    return checked
+
+
+def _validating_post_init(post_init):
+    @functools.wraps(post_init)
+    def wrapped(self):
+        validate_fields(self)
+        post_init(self)
+
+    wrapped.validates = True
+    return wrapped
+
+
+def _validating_init(init):
+    @functools.wraps(init)
+    def wrapped(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        if dataclasses.is_dataclass(self):
+            validate_fields(self)
+
+    wrapped.validates = True
+    return wrapped
+
+
 class Layer:
     """Base of every continual layer (mixed into frozen dataclasses).
 
     Subclasses override `forward`, `step`, and where they keep state `init_state` and
     `flush`. The defaults describe a stateless per-frame layer with no temporal extent.
+    Every subclass's `step` first checks the state it is given (`check_state`).
     """
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # Every configuration passes the shared validators (`validate_fields`) before
+        # the layer's own checks: generated `__init__`s call `__post_init__`, which
+        # validates first; hand-written `__init__`s validate once they have set fields.
+        post_init = cls.__dict__.get("__post_init__")
+        if post_init is not None and not getattr(post_init, "validates", False):
+            cls.__post_init__ = _validating_post_init(post_init)
+        init = cls.__dict__.get("__init__")
+        if init is not None and not getattr(init, "validates", False):
+            cls.__init__ = _validating_init(init)
+        # Every layer's inputs are checked here, once, not by hand in each method:
+        # `forward` checks the clip, `init_state` and `step` the frame, and `step` the
+        # state it is given. Containers call their children's `step_unchecked` (frame
+        # checked, state not): the outermost step checks the whole nested state once.
+        if "forward" in cls.__dict__:
+            cls.forward = _clip_checked(cls.__dict__["forward"])
+        if "init_state" in cls.__dict__:
+            cls.init_state = _frame_checked(cls.__dict__["init_state"], 0)
+        step = cls.__dict__.get("step")
+        if step is not None and not getattr(step, "checks_state", False):
+            cls.step_unchecked = _frame_checked(step, 1)
+            cls.step = _state_checked(step)
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
 
     # --- static temporal metadata (plain Python ints) ---------------------------
     @property
@@ -175,6 +461,12 @@ class Layer:
     @property
     def delay(self) -> int:
         return self.receptive_field - 1 - self.padding
+
+    @property
+    def finite_memory(self) -> bool:
+        """False where an output depends on the whole stream so far (recurrent layers):
+        then `receptive_field` is not the span of frames an output depends on."""
+        return True
 
     # --- parameters and state ---------------------------------------------------
     def init(self, key: Array) -> Params:
@@ -209,6 +501,10 @@ class Layer:
         """One frame in, `(state, (y, valid))` out. Pure; a `lax.scan` body."""
         raise NotImplementedError
 
+    def step_unchecked(self, params: Params, state: State, frame: PyTree):
+        """`step` without `check_state` (containers use it on their children)."""
+        return self.step(params, state, frame)
+
     def flush(self, params: Params, state: State, frame: PyTree) -> tuple[PyTree, Array]:
         """Outputs that the end padding releases: `(ys, valid)` with a time axis.
 
@@ -222,17 +518,50 @@ class Layer:
     def output_spec(self, params: Params, frame: PyTree) -> PyTree:
         """ShapeDtypeStruct of one step output for the given input frame."""
         state = jax.eval_shape(self.init_state, params, as_spec(frame))
-        _, (y, _) = jax.eval_shape(self.step, params, state, as_spec(frame))
+        _, (y, _) = jax.eval_shape(self.step_unchecked, params, state, as_spec(frame))
         return y
 
     def state_spec(self, params: Params, frame: PyTree) -> PyTree:
         """ShapeDtypeStruct pytree of one stream's state (its memory footprint)."""
         return jax.eval_shape(self.init_state, params, as_spec(frame))
 
+    # --- training (the public entry points are in `cojax.training`) ------------
+    def output_length(self, n: int | Array) -> int | Array:
+        """Frames `forward` returns for a clip of `n` frames (an int or an int array).
+
+        torch's rule: `(n + 2 * padding - receptive_field) // stride + 1`, at least 0.
+        """
+        return nonnegative((n + 2 * self.padding - self.receptive_field) // self.stride + 1)
+
+    @property
+    def end_fill(self) -> str:
+        """What stands for the frames past a ragged clip's end: its end padding.
+
+        "zeros", "replicate" (the clip's last frame) or "-inf" (max pools).
+        """
+        return "zeros"
+
+    def forward_train(
+        self, params: Params, clips: PyTree, mask: Array, key: Array
+    ) -> tuple[PyTree, Array, Params]:
+        """Train-mode `forward` on a batch: `(ys, out_mask, new_params)`.
+
+        `clips` `(B, T, *spatial, C)`; `mask` `(B, T)` marks each clip's real frames (a
+        prefix). `ys` `(B, T_out, ...)` is zero where `out_mask` is False. The default
+        is `forward` clip by clip (no batch statistics, no randomness); BatchNorm,
+        dropout, RReLU and the containers override it.
+        """
+        del key
+        return forward_per_clip(self, params, clips, mask)
+
+    def trainable(self, params: Params) -> PyTree:
+        """Bool pytree like `params`: True for the leaves an optimiser should update."""
+        return jax.tree_util.tree_map(lambda _: True, params)
+
 
 def empty_outputs(layer: Layer, params: Params, state: State, frame: PyTree):
     """Zero-length `(ys, valid)` with the layer's output shapes."""
-    _, (y, _) = jax.eval_shape(layer.step, params, state, as_spec(frame))
+    _, (y, _) = jax.eval_shape(layer.step_unchecked, params, state, as_spec(frame))
     ys = jax.tree_util.tree_map(lambda s: jnp.zeros((0, *s.shape), s.dtype), y)
     return ys, jnp.zeros((0,), bool)
 
@@ -243,7 +572,7 @@ def scan_fill(layer: Layer, params: Params, state: State, fill: PyTree, n: int):
         return empty_outputs(layer, params, state, fill)
 
     def body(s, _):
-        s, (y, v) = layer.step(params, s, fill)
+        s, (y, v) = layer.step_unchecked(params, s, fill)
         return s, (y, v)
 
     _, (ys, valid) = jax.lax.scan(body, state, None, length=n)
@@ -261,11 +590,9 @@ class FrameLayer(Layer):
         raise NotImplementedError
 
     def forward(self, params: Params, clip: PyTree) -> PyTree:
-        self.check_clip(clip)
         return self.apply(params, clip)
 
     def step(self, params: Params, state: State, frame: PyTree):
-        self.check_frame(frame)
         return state, (self.apply(params, frame), jnp.ones((), bool))
 
 
@@ -278,7 +605,7 @@ def masked_step(layer: Layer, params: Params, state: State, x: PyTree, valid_in:
     An invalid input leaves the state unchanged and yields an invalid (zero) output;
     this is how containers keep a strided child's gaps from reaching later children.
     """
-    new_state, (y, valid) = layer.step(params, state, x)
+    new_state, (y, valid) = layer.step_unchecked(params, state, x)
     state = select_tree(valid_in, new_state, state)
     valid = jnp.logical_and(valid, valid_in)
     return state, (zero_unless(valid, y), valid)
@@ -306,6 +633,68 @@ def forward_steps(
         ys = stack_time([ys, tail_ys])
         valid = jnp.concatenate([valid, tail_valid])
     return state, ys, valid
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def nonnegative(n: int | Array) -> int | Array:
+    """`max(n, 0)` for a Python int or an int array."""
+    return max(n, 0) if isinstance(n, int) else jnp.maximum(n, 0)
+
+
+def time_length(clips: PyTree) -> int:
+    """The time axis (axis 1) of a batch of clips `(B, T, ...)`."""
+    return jax.tree_util.tree_leaves(clips)[0].shape[1]
+
+
+def _expand(mask: Array, a: Array) -> Array:
+    return mask.reshape(mask.shape + (1,) * (a.ndim - mask.ndim))
+
+
+def zero_invalid(ys: PyTree, mask: Array) -> PyTree:
+    """Zeros wherever `mask` `(B, T)` is False (never NaN: `where`, not a product)."""
+    return jax.tree_util.tree_map(lambda a: jnp.where(_expand(mask, a), a, 0).astype(a.dtype), ys)
+
+
+def fill_invalid(clips: PyTree, mask: Array, fill: str) -> PyTree:
+    """Replace the frames past each clip's end by `fill` ("zeros", "replicate", "-inf")."""
+
+    def one(a):
+        m = _expand(mask, a)
+        if fill == "replicate":
+            last = jnp.maximum(jnp.sum(mask, axis=1) - 1, 0)
+            ends = jnp.take_along_axis(a, last.reshape((-1, 1) + (1,) * (a.ndim - 2)), axis=1)
+            return jnp.where(m, a, ends)
+        value = -jnp.inf if fill == "-inf" else 0
+        return jnp.where(m, a, jnp.asarray(value, a.dtype))
+
+    return jax.tree_util.tree_map(one, clips)
+
+
+def length_mask(lengths: Array, length: int) -> Array:
+    """`(B,)` valid lengths -> `(B, length)` bool mask of the valid prefix."""
+    return jnp.arange(length)[None, :] < jnp.asarray(lengths)[:, None]
+
+
+def output_mask(layer: Layer, mask: Array, ys: PyTree) -> Array:
+    """The valid outputs of `layer` for input frames `mask` `(B, T)`, checked."""
+    t_in, t_out = mask.shape[1], time_length(ys)
+    expected = layer.output_length(t_in)
+    if expected != t_out:
+        raise NotImplementedError(
+            f"{layer_name(layer)}: forward returned {t_out} frames for a clip of {t_in}, "
+            f"but output_length says {expected}; override output_length to train it."
+        )
+    return length_mask(layer.output_length(jnp.sum(mask, axis=1)), t_out)
+
+
+def forward_per_clip(layer: Layer, params: Params, clips: PyTree, mask: Array):
+    """`forward` clip by clip with the ragged ends padded: `(ys, out_mask, params)`."""
+    clips = fill_invalid(clips, mask, layer.end_fill)
+    ys = jax.vmap(lambda c: layer.forward(params, c))(clips)
+    out_mask = output_mask(layer, mask, ys)
+    return zero_invalid(ys, out_mask), out_mask, params
 
 
 def numpy_rng(key: jax.Array) -> np.random.Generator:

@@ -46,6 +46,6 @@ def step_streams(
         spec = jax.tree_util.tree_map(lambda f: jax.ShapeDtypeStruct(f.shape[1:], f.dtype), frames)
         fresh = layer.init_state(params, spec)
         states = jax.tree_util.tree_map(
-            lambda s, f: jnp.where(_reset_mask(reset, s), f[None], s), states, fresh
+            lambda s, f: jnp.where(_reset_mask(reset, s), f[None], s).astype(s.dtype), states, fresh
         )
     return jax.vmap(layer.step, in_axes=(None, 0, 0))(params, states, frames)

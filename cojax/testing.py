@@ -13,6 +13,15 @@ that says which:
 5. `jit` == eager; a second call does not retrace.
 6. `pad_end=True` == `forward` exactly; the stream continues correctly afterwards.
 7. Gradients through `forward` are finite.
+With `check_training=True` (slower: three more compiled programs), also:
+7b. Gradients through `forward` equal those through `forward_steps` (w.r.t. params
+   and inputs).
+8. The receptive field measured from gradients (the oldest frame each output depends
+   on) equals the declared one, and no output depends on a later frame than the step
+   that emits it.
+9. Train mode (`cojax.training.train_forward`) on a ragged batch: NaN past a clip's
+   end reaches no output and no gradient; the moved params keep their structure and,
+   streamed with `step`, equal `forward` again.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cojax.core import Layer, as_spec, forward_steps, numpy_rng, valid_outputs
+from cojax.training import output_lengths, train_forward
 
 Tree = Any
 
@@ -102,11 +112,12 @@ def verify_contract(
     num_streams: int = 3,
     check_delay: bool = True,
     check_grad: bool = True,
+    check_training: bool = False,
     rtol: float = 2e-5,
     atol: float = 2e-5,
     make_clip: Callable[[jax.Array, int], Tree] | None = None,
 ) -> None:
-    """Check all seven contract properties of `layer` for frames shaped like `frame`.
+    """Check the contract properties of `layer` for frames shaped like `frame`.
 
     `frame`: a shape tuple `(*spatial, C)` (float32) or a pytree of ShapeDtypeStructs.
     `params`: defaults to `layer.init(key)` (random). `num_frames`: defaults to three
@@ -130,8 +141,19 @@ def verify_contract(
         _check_vmap(layer, params, spec, k_streams, T, num_streams, name, rtol, atol, make_clip)
         _check_jit(layer, params, clip, full, eager, name, rtol, atol)
         _check_pad_end(layer, params, state0, clip, ref, full, name, rtol, atol)
-        if check_grad:
+        if check_grad and not check_training:
             _check_grad(layer, params, clip, name)
+        if check_grad and check_training:
+            _check_gradients(layer, params, state0, clip, name, rtol, atol)
+            if check_delay:
+                _check_receptive_field(layer, params, clip, name)
+        if check_training:
+            trained = _check_train(layer, params, clip, name)
+            state = layer.init_state(trained, spec)
+            ref = _forward(layer, trained, clip)
+            _check_step_equals_forward(
+                layer, trained, state, clip, ref, f"{name} (trained params)", False, rtol, atol
+            )
 
 
 def _check_step_equals_forward(layer, params, state0, clip, ref, name, check_delay, rtol, atol):
@@ -260,7 +282,117 @@ def _check_grad(layer, params, clip, name):
         out = layer.forward(p, c)
         return sum(jnp.sum(jnp.square(o)) for o in jax.tree_util.tree_leaves(out))
 
-    g_params, g_clip = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, clip)
-    for g in jax.tree_util.tree_leaves((g_params, g_clip)):
-        if jnp.issubdtype(g.dtype, jnp.floating):
-            assert np.all(np.isfinite(np.asarray(g))), f"{name}: non-finite gradient"
+    for g in _floating(jax.jit(jax.grad(loss, argnums=(0, 1)))(params, clip)):
+        assert np.all(np.isfinite(g)), f"{name}: non-finite gradient"
+
+
+def _sum_weighted(ys: Tree, weights: Tree) -> jax.Array:
+    return sum(jnp.sum(y * w) for y, w in zip(jax.tree.leaves(ys), jax.tree.leaves(weights)))
+
+
+def _random_like(tree: Tree, seed: int) -> Tree:
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda a: jnp.asarray(rng.standard_normal(a.shape), a.dtype), tree)
+
+
+def _floating(tree: Tree) -> list:
+    """The floating-point leaves of `tree` as host arrays."""
+    return [np.asarray(a) for a in _floating_tree(tree)]
+
+
+def _check_gradients(layer, params, state0, clip, name, rtol, atol):
+    """d loss / d (params, clip) through `forward` == through `forward_steps`."""
+    ref = _forward(layer, params, clip)
+    weights = _random_like(ref, 1)
+
+    def clip_loss(p, c):
+        return _sum_weighted(layer.forward(p, c), weights)
+
+    def step_loss(p, c):
+        _, ys, valid = forward_steps(layer, p, state0, c, pad_end=True)
+        index = jnp.nonzero(valid, size=_num_time(ref))[0]
+        return _sum_weighted(jax.tree.map(lambda a: a[index], ys), weights)
+
+    g_clip = jax.jit(jax.grad(clip_loss, argnums=(0, 1)))(params, clip)
+    for g in _floating(g_clip):
+        assert np.all(np.isfinite(g)), f"{name}: non-finite gradient"
+    g_steps = jax.jit(jax.grad(step_loss, argnums=(0, 1)))(params, clip)
+    scale = max([1.0, *(float(np.max(np.abs(g), initial=0.0)) for g in _floating(g_clip))])
+    for what, a, b in (("params", g_steps[0], g_clip[0]), ("input", g_steps[1], g_clip[1])):
+        _assert_close(a, b, rtol, atol * scale, f"{name}: d/d{what} steps != forward")
+
+
+def _check_receptive_field(layer, params, clip, name):
+    """The frames each output of `forward` depends on, from its gradient w.r.t. the clip.
+
+    Output j is emitted at step `delay + j * stride`; the oldest frame it depends on
+    is `receptive_field - 1` steps before that (fewer near the start padding), and no
+    frame after it."""
+    ref = _forward(layer, params, clip)
+    n_out, T = _num_time(ref), _num_time(clip)
+    weights = _random_like(ref, 2)
+
+    def output_grad(j):
+        def one(c):
+            ys = layer.forward(params, c)
+            return _sum_weighted(
+                jax.tree.map(lambda a: a[j], ys), jax.tree.map(lambda w: w[j], weights)
+            )
+
+        grads = jax.grad(one)(clip)
+        return sum(jnp.abs(g).reshape(T, -1).sum(axis=1) for g in jax.tree.leaves(grads))
+
+    depends = np.asarray(jax.jit(jax.vmap(output_grad))(jnp.arange(n_out))) > 0  # (n_out, T)
+    steps = layer.delay + layer.stride * np.arange(n_out)
+    frames = np.arange(T)
+    reach = [steps[j] - frames[row].min() + 1 for j, row in enumerate(depends) if row.any()]
+    if not reach:
+        return  # a constant layer: no output depends on the input
+    future = [j for j, row in enumerate(depends) if row.any() and frames[row].max() > steps[j]]
+    assert not future, (
+        f"{name}: output {future[0]} (step {steps[future[0]]}) depends on frame "
+        f"{frames[depends[future[0]]].max()}, which arrives later"
+    )
+    if layer.finite_memory:
+        assert max(reach) == layer.receptive_field, (
+            f"{name}: outputs depend on up to {max(reach)} frames (measured from gradients), "
+            f"but receptive_field = {layer.receptive_field}"
+        )
+
+
+def _check_train(layer, params, clip, name):
+    """`train_forward` on [clip, a shorter clip with NaN after its end]: returns the
+    moved params."""
+    T = _num_time(clip)
+    short = max(T - layer.stride - 1, 1)
+    nan_tail = jax.tree.map(lambda a: a.at[short:].set(jnp.nan), clip)
+    batch = jax.tree.map(lambda *a: jnp.stack(a), clip, nan_tail)
+    lengths = jnp.array([T, short])
+
+    def loss(p, b):
+        ys, new = train_forward(layer, p, b, jax.random.PRNGKey(0), lengths)
+        total = sum(jnp.sum(jnp.square(y)) for y in _floating_tree(ys))
+        return total, (ys, new)
+
+    (g_params, g_batch), (ys, new) = jax.jit(jax.grad(loss, argnums=(0, 1), has_aux=True))(
+        params, batch
+    )
+    for y in _floating(ys):
+        assert np.all(np.isfinite(y)), f"{name}: NaN after a clip's end reached an output"
+    for g in _floating(g_params):
+        assert np.all(np.isfinite(g)), f"{name}: NaN after a clip's end reached a gradient"
+    for g in _floating(g_batch):
+        assert np.all(np.isfinite(g)) and np.all(g[1, short:] == 0), (
+            f"{name}: the frames after a clip's end got a gradient"
+        )
+    n_out = np.asarray(output_lengths(layer, lengths))
+    for y in _floating(ys):
+        assert np.all(y[1, n_out[1] :] == 0), f"{name}: outputs after a clip's end are not zero"
+    assert jax.tree.structure(new) == jax.tree.structure(params), f"{name}: train params tree"
+    for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(params)):
+        assert (a.shape, a.dtype) == (b.shape, b.dtype), f"{name}: train params leaf changed"
+    return new
+
+
+def _floating_tree(tree: Tree) -> list:
+    return [a for a in jax.tree.leaves(tree) if jnp.issubdtype(a.dtype, jnp.floating)]

@@ -122,7 +122,13 @@ def _batch_norm(cls: type) -> Handler:
                 "(time included), which a continual layer cannot compute. Use running "
                 "statistics.",
             )
-        layer = cls(module.num_features, eps=float(module.eps), affine=bool(module.affine))
+        momentum = None if module.momentum is None else float(module.momentum)
+        layer = cls(
+            module.num_features,
+            eps=float(module.eps),
+            affine=bool(module.affine),
+            momentum=momentum,
+        )
         params = {"mean": array(module.running_mean), "var": array(module.running_var)}
         if module.affine:
             params["scale"] = array(module.weight)

@@ -327,7 +327,7 @@ def test_bad_configs_raise_clear_errors():
         Conv3d(6, 8, 3, groups=4)
     with pytest.raises(ValueError, match="out_channels"):
         Conv3d(4, 6, 3, groups=4)
-    with pytest.raises(ValueError, match="kernel_size must be an int or 3 ints"):
+    with pytest.raises(ValueError, match="kernel_size must be an int or a tuple of 3 ints"):
         Conv3d(2, 2, (3, 3))
     with pytest.raises(ValueError, match="padding_mode"):
         Conv2d(2, 2, 3, padding_mode="reflect")

@@ -284,7 +284,7 @@ def test_bad_frames_and_clips():
         (lambda: AdaptiveMaxPool3d((1, 1, 1, 1), 3), "output_size"),
         (lambda: AdaptiveAvgPool2d((1, 0), 3), "positive ints or None"),
         (lambda: AdaptiveAvgPool2d((1, 1), 2, padding=2), "temporal padding must be at most"),
-        (lambda: AdaptiveAvgPool2d((1, 1), 0), "temporal_kernel_size must be an int >= 1"),
+        (lambda: AdaptiveAvgPool2d((1, 1), 0), "temporal_kernel_size must be >= 1, got 0"),
     ],
 )
 def test_bad_configs(make, match):

@@ -225,7 +225,8 @@ def test_bad_input():
     ],
 )
 def test_bad_config(kwargs, message):
-    with pytest.raises(ValueError, match=f"RecyclingPositionalEncoding: {message}"):
+    error = TypeError if "must be a bool" in message else ValueError
+    with pytest.raises(error, match=f"RecyclingPositionalEncoding: {message}"):
         RecyclingPositionalEncoding(**kwargs)
 
 

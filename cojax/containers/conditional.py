@@ -103,8 +103,44 @@ class Conditional(Layer):
             clip,
         )
 
+    def output_length(self, n):
+        return self.on_true.output_length(n)
+
+    @property
+    def finite_memory(self) -> bool:
+        return self.on_true.finite_memory and self.on_false.finite_memory
+
+    def trainable(self, params):
+        return {b: getattr(self, b).trainable(params[b]) for b in ("on_true", "on_false")}
+
+    def forward_train(self, params, clips, mask, key):
+        """Each clip takes its branch; a branch's statistics see only its clips."""
+        first = jax.tree_util.tree_map(lambda c: c[0], clips)
+        pred = self._decide(first)
+        k_true, k_false = jax.random.split(key)
+        if isinstance(pred, bool):
+            branch = "on_true" if pred else "on_false"
+            ys, out_mask, new = getattr(self, branch).forward_train(
+                params[branch], clips, mask, k_true if pred else k_false
+            )
+            return ys, out_mask, {**params, branch: new}
+        preds = jax.vmap(self._decide)(clips)
+        y_t, m_t, new_t = self.on_true.forward_train(
+            params["on_true"], clips, mask & preds[:, None], k_true
+        )
+        y_f, m_f, new_f = self.on_false.forward_train(
+            params["on_false"], clips, mask & ~preds[:, None], k_false
+        )
+        check_config(
+            m_t.shape == m_f.shape,
+            self,
+            f"train mode needs branches of equal output length, got {m_t.shape[1]} and "
+            f"{m_f.shape[1]}.",
+        )
+        ys = jax.tree_util.tree_map(jnp.add, y_t, y_f)
+        return ys, m_t | m_f, {"on_true": new_t, "on_false": new_f}
+
     def init_state(self, params, frame):
-        self.check_frame(frame)
         spec = as_spec(frame)
         return {
             "on_true": self.on_true.init_state(params["on_true"], spec),
@@ -112,7 +148,7 @@ class Conditional(Layer):
         }
 
     def _branch_step(self, branch: str, params, state, frame):
-        new, out = getattr(self, branch).step(params[branch], state[branch], frame)
+        new, out = getattr(self, branch).step_unchecked(params[branch], state[branch], frame)
         return {**state, branch: new}, out
 
     def step(self, params, state, frame):

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from cojax.containers.sequential import Children, Container, Sequential, named_children
-from cojax.core import FrameLayer, Layer, as_spec, check_config, layer_name
+from cojax.core import FrameLayer, Layer, as_spec, check_config, layer_name, zero_invalid
 from cojax.layers.delay import Delay, Skip
 
 
@@ -111,8 +111,26 @@ class _Branches(Container):
             )
         return self._combine(outs)
 
+    def output_length(self, n):
+        lengths = [layer.output_length(n) for _, layer in self.children]
+        return functools.reduce(_minimum, lengths)
+
+    def forward_train(self, params, clips, mask, key):
+        inputs, keys = self._branch_inputs(clips), self.child_keys(key)
+        outs, masks, new = [], [], {}
+        for (name, layer), x in zip(self.children, inputs):
+            y, m, new[name] = layer.forward_train(params[name], x, mask, keys[name])
+            outs.append(y)
+            masks.append(m)
+        if len({m.shape[1] for m in masks}) > 1:
+            raise NotImplementedError(
+                f"{layer_name(self)}: branch outputs have different clip lengths "
+                f"{[m.shape[1] for m in masks]}; train mode needs branches of equal length."
+            )
+        out_mask = functools.reduce(jnp.logical_and, masks)
+        return zero_invalid(self._combine(tuple(outs)), out_mask), out_mask, new
+
     def init_state(self, params, frame):
-        self.check_frame(frame)
         specs = self._branch_specs(frame)
         return {
             name: layer.init_state(params[name], spec)
@@ -120,11 +138,10 @@ class _Branches(Container):
         }
 
     def step(self, params, state, frame):
-        self.check_frame(frame)
         inputs = self._branch_inputs(frame)
         new_state, outs, valid = {}, [], jnp.ones((), bool)
         for (name, layer), x in zip(self.children, inputs):
-            new_state[name], (y, v) = layer.step(params[name], state[name], x)
+            new_state[name], (y, v) = layer.step_unchecked(params[name], state[name], x)
             outs.append(y)
             valid = jnp.logical_and(valid, v)
         y = jax.tree_util.tree_map(lambda a: jnp.where(valid, a, 0), self._combine(tuple(outs)))
@@ -151,6 +168,10 @@ class _Branches(Container):
         return jax.tree_util.tree_map(lambda s: jnp.zeros((0, *s.shape[1:]), s.dtype), spec)
 
 
+def _minimum(a, b):
+    return min(a, b) if isinstance(a, int) and isinstance(b, int) else jnp.minimum(a, b)
+
+
 def _pad_one(tree):
     return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((1, *a.shape[1:]), a.dtype), tree)
 
@@ -165,8 +186,8 @@ class Parallel(_Branches):
 
     children: Children
 
-    def __init__(self, *layers: Any, auto_delay: bool = True):
-        children = named_children(layers, "Parallel")
+    def __init__(self, *layers: Any, auto_delay: bool = True, children: Children | None = None):
+        children = named_children(layers, "Parallel", children)
         object.__setattr__(self, "children", _align_delays(children, auto_delay, "Parallel"))
 
     def check_frame(self, frame):
@@ -296,8 +317,14 @@ class BroadcastReduce(_Branches):
     children: Children
     reduce: str | Callable
 
-    def __init__(self, *layers: Any, reduce: str | Callable = "sum", auto_delay: bool = True):
-        children = named_children(layers, "BroadcastReduce")
+    def __init__(
+        self,
+        *layers: Any,
+        reduce: str | Callable = "sum",
+        auto_delay: bool = True,
+        children: Children | None = None,
+    ):
+        children = named_children(layers, "BroadcastReduce", children)
         if len(children) < 2:
             raise ValueError("BroadcastReduce: pass at least two branches.")
         _reduction(reduce, "BroadcastReduce")

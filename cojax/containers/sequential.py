@@ -14,8 +14,15 @@ from cojax.core import Layer, as_spec, check_config, masked_step, stack_time
 Children = tuple[tuple[str, Layer], ...]
 
 
-def named_children(layers: Sequence[Any], owner: str) -> Children:
-    """`(layer, ...)` or `({name: layer},)` -> `((name, layer), ...)`, checked."""
+def named_children(layers: Sequence[Any], owner: str, children: Any = None) -> Children:
+    """`(layer, ...)` or `({name: layer},)` -> `((name, layer), ...)`, checked.
+
+    `children`: the field spelling, `((name, layer), ...)` (what `repr` and
+    `dataclasses.replace` pass), instead of `layers`."""
+    if children is not None:
+        if layers:
+            raise TypeError(f"{owner}: pass the layers or children=, not both.")
+        layers = (dict(children),)
     if len(layers) == 1 and isinstance(layers[0], Mapping):
         pairs = tuple((str(k), v) for k, v in layers[0].items())
     else:
@@ -49,6 +56,18 @@ class Container(Layer):
         keys = jax.random.split(key, max(len(self.children), 1))
         return {name: layer.init(k) for (name, layer), k in zip(self.children, keys)}
 
+    def trainable(self, params):
+        return {name: layer.trainable(params[name]) for name, layer in self.children}
+
+    @property
+    def finite_memory(self) -> bool:
+        return all(layer.finite_memory for _, layer in self.children)
+
+    def child_keys(self, key) -> dict:
+        """One key per child for its train-mode randomness."""
+        keys = jax.random.split(key, max(len(self.children), 1))
+        return {name: k for (name, _), k in zip(self.children, keys)}
+
 
 @dataclasses.dataclass(frozen=True, init=False)
 class Sequential(Container):
@@ -64,8 +83,8 @@ class Sequential(Container):
 
     children: Children
 
-    def __init__(self, *layers: Any):
-        children = named_children(layers, "Sequential")
+    def __init__(self, *layers: Any, children: Children | None = None):
+        children = named_children(layers, "Sequential", children)
         object.__setattr__(self, "children", _infer_broadcasts(children))
 
     # --- static metadata --------------------------------------------------------
@@ -112,6 +131,17 @@ class Sequential(Container):
             clip = layer.forward(params[name], clip)
         return clip
 
+    def output_length(self, n):
+        for _, layer in self.children:
+            n = layer.output_length(n)
+        return n
+
+    def forward_train(self, params, clips, mask, key):
+        keys, new = self.child_keys(key), {}
+        for name, layer in self.children:
+            clips, mask, new[name] = layer.forward_train(params[name], clips, mask, keys[name])
+        return clips, mask, new
+
     def input_specs(self, params, frame) -> list:
         """ShapeDtypeStruct of each child's input frame."""
         specs, spec = [], as_spec(frame)
@@ -121,7 +151,6 @@ class Sequential(Container):
         return specs
 
     def init_state(self, params, frame):
-        self.check_frame(frame)
         specs = self.input_specs(params, frame)
         return {
             name: layer.init_state(params[name], spec)
@@ -132,7 +161,7 @@ class Sequential(Container):
         new_state, x, valid = {}, frame, jnp.ones((), bool)
         for i, (name, layer) in enumerate(self.children):
             if i == 0:
-                new_state[name], (x, valid) = layer.step(params[name], state[name], x)
+                new_state[name], (x, valid) = layer.step_unchecked(params[name], state[name], x)
             else:
                 new_state[name], (x, valid) = masked_step(
                     layer, params[name], state[name], x, valid

@@ -271,7 +271,6 @@ class SingleOutputMultiheadAttention(_WindowAttention):
         return self.query_index % self.sequence_len
 
     def forward(self, params: Params, clip: Array) -> Array:
-        self.check_clip(clip)
         N, p = self.sequence_len, self.query_position
         q, k, v = project_qkv(params, clip, self.num_heads)
         W = clip.shape[0] - N + 1
@@ -280,7 +279,6 @@ class SingleOutputMultiheadAttention(_WindowAttention):
         return project_out(params, out)
 
     def init_state(self, params: Params, frame: Any) -> SingleOutputState:
-        self.check_frame(frame)
         dtype = as_spec(frame).dtype
         N = self.sequence_len
         return SingleOutputState(
@@ -288,11 +286,10 @@ class SingleOutputMultiheadAttention(_WindowAttention):
             self._qkv_memory(N, dtype),
             self._qkv_memory(N - 1 - self.query_position, dtype),
             jnp.zeros((), jnp.int32),
-            new_counter(),
+            new_counter(self.delay, 1),
         )
 
     def step(self, params: Params, state: SingleOutputState, frame: Array):
-        self.check_frame(frame)
         q, k, v = project_qkv(params, frame, self.num_heads)
         # The arriving token replaces the leaving one in the ring: one slot written
         # (in place with a donated state or in lax.scan), not the window shifted.
@@ -351,13 +348,11 @@ class RetroactiveMultiheadAttention(_WindowAttention):
         )
 
     def forward(self, params: Params, clip: Array) -> Array:
-        self.check_clip(clip)
         N = self.sequence_len
         q, k, v = (_windows(a, N) for a in project_qkv(params, clip, self.num_heads))
         return project_out(params, attend(q, k, v))
 
     def init_state(self, params: Params, frame: Any) -> RetroactiveState:
-        self.check_frame(frame)
         dtype = as_spec(frame).dtype
         n, H, d = self.sequence_len - 1, self.num_heads, self.head_dim
         return RetroactiveState(
@@ -368,11 +363,10 @@ class RetroactiveMultiheadAttention(_WindowAttention):
             _empty((n, H), d, dtype),
             _empty((n, n, H), d, dtype),
             jnp.zeros((), jnp.int32),
-            new_counter(),
+            new_counter(self.delay, 1),
         )
 
     def step(self, params: Params, state: RetroactiveState, frame: Array):
-        self.check_frame(frame)
         n = self.sequence_len - 1
         q, k, v = project_qkv(params, frame, self.num_heads)
         keys = jnp.concatenate([state.keys, k[None]])  # the window's N keys

@@ -24,7 +24,9 @@ from cojax.core import (
     PyTree,
     State,
     StepOutput,
+    as_int_tuple,
     check_array,
+    check_array_leaves,
     check_config,
     layer_name,
 )
@@ -125,14 +127,6 @@ class One(FrameLayer):
 # --------------------------------------------------------------------------- Lambda
 
 
-def _check_arrays(layer: Any, tree: PyTree, what: str) -> None:
-    for leaf in jax.tree_util.tree_leaves(tree):
-        if not hasattr(leaf, "shape") or not hasattr(leaf, "dtype"):
-            raise TypeError(
-                f"{layer_name(layer)}: expected arrays in the {what}, got {type(leaf).__name__}."
-            )
-
-
 def _time_lengths(tree: PyTree) -> set[int | None]:
     return {leaf.shape[0] if leaf.ndim else None for leaf in jax.tree_util.tree_leaves(tree)}
 
@@ -169,10 +163,10 @@ class Lambda(Layer):
         return hash((type(self), id(self.fn), self.takes_time))
 
     def check_frame(self, frame: Any) -> None:
-        _check_arrays(self, frame, "frame")
+        check_array_leaves(self, frame, "frame")
 
     def check_clip(self, clip: PyTree) -> None:
-        _check_arrays(self, clip, "clip")
+        check_array_leaves(self, clip, "clip")
         lengths = _time_lengths(clip)
         if None in lengths or len(lengths) != 1:
             raise ValueError(
@@ -181,7 +175,6 @@ class Lambda(Layer):
             )
 
     def forward(self, params: Params, clip: PyTree) -> PyTree:
-        self.check_clip(clip)
         if not self.takes_time:
             return jax.vmap(self.fn)(clip)
         out = self.fn(clip)
@@ -189,7 +182,6 @@ class Lambda(Layer):
         return out
 
     def step(self, params: Params, state: State, frame: PyTree) -> tuple[State, StepOutput]:
-        self.check_frame(frame)
         if not self.takes_time:
             return state, (self.fn(frame), jnp.ones((), bool))
         out = self.fn(jax.tree_util.tree_map(lambda a: a[None], frame))
@@ -197,7 +189,7 @@ class Lambda(Layer):
         return state, (jax.tree_util.tree_map(lambda a: a[0], out), jnp.ones((), bool))
 
     def _check_same_length(self, out: PyTree, length: int) -> None:
-        _check_arrays(self, out, "output of fn")
+        check_array_leaves(self, out, "output of fn")
         lengths = _time_lengths(out)
         if lengths != {length}:
             raise ValueError(
@@ -230,13 +222,22 @@ class Reshape(Layer):
     shape: tuple[int, ...]
     channels_first: bool
 
-    def __init__(self, *shape: int | tuple[int, ...], channels_first: bool = False) -> None:
-        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
-            shape = tuple(shape[0])
-        object.__setattr__(self, "shape", tuple(shape))
-        object.__setattr__(self, "channels_first", bool(channels_first))
+    def __init__(
+        self,
+        *dims: int | tuple[int, ...],
+        channels_first: bool = False,
+        shape: tuple[int, ...] | None = None,
+    ) -> None:
+        if shape is not None:  # the field spelling (what `repr` / `replace` pass)
+            check_config(not dims, self, "pass the shape positionally or as shape=, not both.")
+            dims = (shape,)
+        if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+            dims = tuple(dims[0])
+        shape = as_int_tuple(self, "shape", dims)
+        object.__setattr__(self, "shape", shape)
+        object.__setattr__(self, "channels_first", channels_first)
         check_config(
-            len(shape) > 0 and all(isinstance(d, int) and (d > 0 or d == -1) for d in shape),
+            len(shape) > 0 and all(d > 0 or d == -1 for d in shape),
             self,
             f"shape must be positive ints with at most one -1, got {self.shape}.",
         )
@@ -263,9 +264,7 @@ class Reshape(Layer):
         return jnp.moveaxis(x, lead, -1)
 
     def forward(self, params: Params, clip: PyTree) -> PyTree:
-        self.check_clip(clip)
         return self._reshape(clip, 1)
 
     def step(self, params: Params, state: State, frame: PyTree) -> tuple[State, StepOutput]:
-        self.check_frame(frame)
         return state, (self._reshape(frame, 0), jnp.ones((), bool))

@@ -37,11 +37,14 @@ from cojax.core import (
     Layer,
     Params,
     advance_counter,
+    as_int_tuple,
     as_spec,
     check_array,
     check_config,
     empty_outputs,
+    field_alias,
     scan_fill,
+    validate_fields,
     zero_unless,
 )
 from cojax.layers.window import (
@@ -59,21 +62,14 @@ _SPATIAL_LETTERS = "DHW"
 _MAX_SPLIT_GROUPS = 16  # dense groups up to this run as separate convs
 
 
-def _tuple(value: int | Sequence[int], n: int, what: str, layer_name: str) -> tuple[int, ...]:
-    """An int or a length-`n` sequence of ints -> a tuple of `n` ints."""
-    if isinstance(value, int):
-        return (value,) * n
-    value = tuple(value)
-    if len(value) != n or not all(isinstance(v, int) for v in value):
-        raise ValueError(f"{layer_name}: {what} must be an int or {n} ints, got {value!r}.")
-    return value
-
-
 @dataclasses.dataclass(frozen=True, init=False)
 class _ConvNd(Layer):
     """Continual N-d convolution; `num_spatial` is the number of non-temporal dims.
 
     Tuples (`kernel_size`, `stride_nd`, `padding_nd`, `dilation_nd`) are temporal first.
+    The fields are `stride_nd` etc. because `stride`/`padding` are every layer's
+    temporal ints; the constructor takes both spellings, so `repr` and
+    `dataclasses.replace` round-trip.
     params: {"kernel": (k_t, *k_spatial, C_in // groups, C_out), "bias": (C_out,)}.
     Temporal padding of `forward` follows `temporal_fill` (start: zeros or the first
     frame; end: zeros or the last frame) so `forward` == `step`; spatial padding follows
@@ -105,23 +101,30 @@ class _ConvNd(Layer):
         bias: bool = True,
         padding_mode: str = "zeros",
         temporal_fill: str = "zeros",
+        *,
+        stride_nd: Sequence[int] | None = None,
+        padding_nd: Sequence[int] | None = None,
+        dilation_nd: Sequence[int] | None = None,
     ):
         n = self.num_spatial + 1
-        name = type(self).__name__
+        stride = field_alias(self, "stride", stride, 1, "stride_nd", stride_nd)
+        padding = field_alias(self, "padding", padding, 0, "padding_nd", padding_nd)
+        dilation = field_alias(self, "dilation", dilation, 1, "dilation_nd", dilation_nd)
         values = dict(
             in_channels=in_channels,
             out_channels=out_channels,
-            kernel_size=_tuple(kernel_size, n, "kernel_size", name),
-            stride_nd=_tuple(stride, n, "stride", name),
-            padding_nd=_tuple(padding, n, "padding", name),
-            dilation_nd=_tuple(dilation, n, "dilation", name),
+            kernel_size=as_int_tuple(self, "kernel_size", kernel_size, n),
+            stride_nd=as_int_tuple(self, "stride", stride, n),
+            padding_nd=as_int_tuple(self, "padding", padding, n),
+            dilation_nd=as_int_tuple(self, "dilation", dilation, n),
             groups=groups,
-            bias=bool(bias),
+            bias=bias,
             padding_mode=padding_mode,
             temporal_fill=temporal_fill,
         )
         for field, value in values.items():
             object.__setattr__(self, field, value)
+        validate_fields(self)
         self._check_config()
 
     def _check_config(self) -> None:
@@ -177,6 +180,10 @@ class _ConvNd(Layer):
         return self.padding_nd[0]
 
     @property
+    def end_fill(self) -> str:
+        return self.temporal_fill
+
+    @property
     def kernel_path(self) -> str:
         """Which window kernel this configuration runs: one of `KERNEL_PATHS`."""
         if self.groups == self.in_channels and self.groups > 1:
@@ -219,8 +226,9 @@ class _ConvNd(Layer):
 
     def init_state(self, params: Params, frame) -> WindowState:
         """A ring of the last `receptive_field - 1` frames, stored spatially padded."""
-        self.check_frame(frame)
-        return init_window(self.receptive_field - 1, self._padded_spec(frame))
+        return init_window(
+            self.receptive_field - 1, self._padded_spec(frame), schedule=(self.delay, self.stride)
+        )
 
     def _padded_spec(self, frame) -> jax.ShapeDtypeStruct:
         return jax.eval_shape(lambda x: self._pad_spatial(x[None])[0], as_spec(frame))
@@ -228,7 +236,6 @@ class _ConvNd(Layer):
     # --- computation -----------------------------------------------------------
     def forward(self, params: Params, clip: Array) -> Array:
         """The torch convolution on a whole clip `(T, *spatial, C_in)` -> `(T_out, ..., C_out)`."""
-        self.check_clip(clip)
         s, d, k = self.stride, self.dilation_nd[0], self.kernel_size[0]
         clip = self._pad_spatial(self._pad_time(clip))  # (no-op where the conv pads)
         t_out = max(0, (clip.shape[0] - self.receptive_field) // s + 1)
@@ -241,7 +248,6 @@ class _ConvNd(Layer):
         return self._kernel(params, taps)
 
     def step(self, params: Params, state: WindowState, frame: Array):
-        self.check_frame(frame)
         # The ring holds padded frames: each frame is padded once, and the kernel reads
         # the ring in place (2x faster at 64 streams than padding the window each step).
         window, frames = push_window(state, self._pad_spatial(frame[None])[0], self.temporal_fill)

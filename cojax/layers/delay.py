@@ -16,6 +16,7 @@ from cojax.core import (
     check_config,
     empty_outputs,
     new_counter,
+    nonnegative,
     scan_fill,
     zero_unless,
 )
@@ -67,8 +68,13 @@ class Delay(Layer):
     def _first_output(self) -> int:
         return 2 * self.delay_frames if self._centered else self.delay_frames
 
+    def output_length(self, n):
+        d = self.delay_frames
+        if not self.auto_shrink or d == 0:
+            return n
+        return nonnegative(n - d if self.auto_shrink == "lagging" else n - 2 * d)
+
     def forward(self, params, clip):
-        self.check_clip(clip)
         d = self.delay_frames
         if not self.auto_shrink or d == 0:
             return clip
@@ -77,13 +83,11 @@ class Delay(Layer):
         return clip[d : clip.shape[0] - d]
 
     def init_state(self, params, frame):
-        self.check_frame(frame)
         if self.delay_frames == 0:
             return NoState()
-        return init_window(self.delay_frames, as_spec(frame))
+        return init_window(self.delay_frames, as_spec(frame), schedule=(self._first_output, 1))
 
     def step(self, params, state, frame):
-        self.check_frame(frame)
         if self.delay_frames == 0:
             return state, (frame, jnp.ones((), bool))
         window, frames = push_window(state, frame, self.temporal_fill)
@@ -114,15 +118,15 @@ class Skip(Layer):
     def delay(self) -> int:
         return 0
 
+    def output_length(self, n):
+        return nonnegative(n - self.steps)
+
     def forward(self, params, clip):
-        self.check_clip(clip)
         return jax.tree_util.tree_map(lambda c: c[self.steps :], clip)
 
     def init_state(self, params, frame):
-        self.check_frame(frame)
-        return Counter(count=new_counter())
+        return Counter(count=new_counter(self.steps, 1))
 
     def step(self, params, state, frame):
-        self.check_frame(frame)
         valid, count = advance_counter(state.count, self.steps, 1)
         return Counter(count=count), (zero_unless(valid, frame), valid)

@@ -398,12 +398,12 @@ class ContinualNystromAttention(NystromAttention):
         if self.landmarks == "fixed":
             kernel = middle_kernel(self.q_land.value, self.k_land.value, self.pinv_iterations)
             rows = jnp.zeros((n if self.retroactive else 0, H, m), dtype)
-            return FixedState(tree, kernel.astype(dtype), rows, zero, new_counter())
+            return FixedState(tree, kernel.astype(dtype), rows, zero, new_counter(self.delay, 1))
         ring = jnp.zeros((n, H, d), dtype)
         land = jnp.zeros((H, m, d), dtype)
         return UpdatedState(
             tree, jnp.zeros((H, m, m), dtype), land, land, ring, ring, ring,
-            jnp.zeros((H, d), dtype), jnp.zeros((H, d), dtype), zero, zero, zero, new_counter(),
+            jnp.zeros((H, d), dtype), jnp.zeros((H, d), dtype), zero, zero, zero, new_counter(self.delay, 1),
         )  # fmt: skip
 
     def step(self, state: FixedState | UpdatedState, frame: Array):
@@ -536,15 +536,20 @@ class NystromLayer(Layer):
     def check_frame(self, frame: Any) -> None:
         check_array(self, frame, ndim=1, channels=self.channels, layout="(C,)")
 
+    def trainable(self, params: Params) -> Params:
+        """Only the Flax "params" collection is learned (not e.g. fixed "landmarks")."""
+        return {
+            col: jax.tree_util.tree_map(lambda _, c=col: c == "params", tree)
+            for col, tree in params.items()
+        }
+
     def forward(self, params: Params, clip: Array) -> Array:
         return self.module.apply(params, clip)
 
     def init_state(self, params: Params, frame: Any):
-        self.check_frame(frame)
         return self.module.apply(params, as_spec(frame), method="init_state")
 
     def step(self, params: Params, state, frame: Array):
-        self.check_frame(frame)
         return self.module.apply(params, state, frame, method="step")
 
 

@@ -9,6 +9,7 @@ serves frames and clips alike.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, ClassVar
 
 import jax
@@ -24,7 +25,9 @@ from cojax.core import (
     StepOutput,
     check_array,
     check_config,
+    fill_invalid,
     layer_name,
+    zero_invalid,
 )
 
 # --------------------------------------------------------------------------- base
@@ -109,6 +112,13 @@ class RReLU(Activation):
     def activate(self, x: Array) -> Array:
         slope = (self.lower + self.upper) / 2.0
         return jnp.where(x >= 0, x, slope * x)
+
+    def forward_train(self, params, clips, mask, key):
+        """torch's train mode: each negative element gets a slope ~ U(lower, upper)."""
+        clips = fill_invalid(clips, mask, "zeros")
+        slope = jax.random.uniform(key, clips.shape, jnp.float32, self.lower, self.upper)
+        ys = jnp.where(clips >= 0, clips, slope.astype(clips.dtype) * clips)
+        return zero_invalid(ys, mask), mask, params
 
 
 @dataclasses.dataclass(frozen=True)
@@ -409,11 +419,14 @@ class BatchNorm(FrameLayer):
     "scale", "bias" `(C,)`. `init` gives torch's defaults (zeros/ones). Frames
     `(*F, C)`; the aliases `BatchNorm1d/2d/3d` require frames `(C,)`, `(W, C)`,
     `(H, W, C)` like the torch layers' `(B, C, T)`, `(B, C, T, W)`, `(B, C, T, H, W)`.
+    In train mode (`cojax.training.train_forward`) it normalises with batch statistics
+    and moves "mean"/"var" by `momentum`; they are not trainable (`trainable_mask`).
     """
 
     num_features: int
     eps: float = 1e-5
     affine: bool = True
+    momentum: float | None = 0.1
     frame_ndim: ClassVar[int | None] = None
 
     def __post_init__(self):
@@ -421,6 +434,11 @@ class BatchNorm(FrameLayer):
             self.num_features > 0, self, f"num_features must be > 0, got {self.num_features}."
         )
         check_config(self.eps >= 0, self, f"eps must be >= 0, got {self.eps}.")
+        check_config(
+            self.momentum is None or 0.0 <= self.momentum <= 1.0,
+            self,
+            f"momentum must be None or in [0, 1], got {self.momentum}.",
+        )
 
     def init(self, key: Array) -> Params:
         del key
@@ -444,6 +462,41 @@ class BatchNorm(FrameLayer):
         if self.affine:
             y = y + params["bias"].astype(dtype)
         return y
+
+    def trainable(self, params: Params) -> Params:
+        """The running statistics "mean" and "var" are not learned."""
+        return {k: k not in ("mean", "var") for k in params}
+
+    def forward_train(self, params, clips, mask, key):
+        """torch's train mode: normalise with the statistics of the batch's real frames
+        over (B, T, *F), and move the running statistics by `momentum` (running
+        variance unbiased, `n / (n - 1)`). Statistics are accumulated in float32."""
+        del key
+        check_config(
+            self.momentum is not None,
+            self,
+            "momentum=None (torch's cumulative average over all batches) needs a batch "
+            "counter cojax does not keep; give a momentum to train with it.",
+        )
+        self.check_clip(jax.ShapeDtypeStruct(clips.shape[1:], clips.dtype))
+        dtype = clips.dtype
+        x = fill_invalid(clips, mask, "zeros").astype(jnp.float32)
+        m = mask.reshape(mask.shape + (1,) * (x.ndim - 2)).astype(jnp.float32)
+        axes = tuple(range(x.ndim - 1))
+        n = jnp.sum(m) * (x.size // (m.size * x.shape[-1]))
+        mean = jnp.sum(x * m, axis=axes) / jnp.maximum(n, 1)
+        var = jnp.sum(jnp.square((x - mean) * m), axis=axes) / jnp.maximum(n, 1)
+        y = (x - mean) * jax.lax.rsqrt(var + self.eps)
+        if self.affine:
+            y = y * params["scale"] + params["bias"]
+        new = dict(params)
+        unbiased = var * n / jnp.maximum(n - 1, 1)
+        for name, batch in (("mean", mean), ("var", unbiased)):
+            old = params[name]
+            moved = (1 - self.momentum) * old + self.momentum * batch
+            # A batch without real frames (e.g. a branch no clip took) moves nothing.
+            new[name] = jax.lax.stop_gradient(jnp.where(n > 0, moved, old).astype(old.dtype))
+        return zero_invalid(y.astype(dtype), mask), mask, new
 
 
 @dataclasses.dataclass(frozen=True)
@@ -582,11 +635,9 @@ class GroupNorm(Layer):
         return y
 
     def forward(self, params: Params, clip: PyTree) -> PyTree:
-        self.check_clip(clip)
         return self.normalize(params, clip, 1)
 
     def step(self, params: Params, state: State, frame: PyTree) -> tuple[State, StepOutput]:
-        self.check_frame(frame)
         return state, (self.normalize(params, frame, 0), jnp.ones((), bool))
 
 
@@ -595,9 +646,15 @@ class GroupNorm(Layer):
 
 @dataclasses.dataclass(frozen=True)
 class Dropout(FrameLayer):
-    """Dropout in inference form: the identity. `p` is kept for conversion."""
+    """Dropout: the identity in `forward`/`step` (inference), active in train mode.
+
+    `forward_train` zeroes each element with probability `p` and scales the rest by
+    `1 / (1 - p)`, as torch's `nn.Dropout` in train mode.
+    """
 
     p: float = 0.5
+    channelwise: ClassVar[bool] = False
+    alpha: ClassVar[bool] = False
 
     def __post_init__(self):
         check_config(0.0 <= self.p <= 1.0, self, f"p must be in [0, 1], got {self.p}.")
@@ -605,27 +662,71 @@ class Dropout(FrameLayer):
     def apply(self, params: Params, x: Array) -> Array:
         return x
 
+    def forward_train(self, params, clips, mask, key):
+        ys = jax.tree_util.tree_map(lambda a, k: self._drop(a, k), clips, _split_like(key, clips))
+        return zero_invalid(ys, mask), mask, params
+
+    def _drop(self, x: Array, key: Array) -> Array:
+        # A channel dropout keeps or drops each (clip, channel) for the whole clip:
+        # torch's Dropout1d/2d/3d on (B, C, T, *F) draw one number per (B, C).
+        shape = (x.shape[0], *(1,) * (x.ndim - 2), x.shape[-1]) if self.channelwise else x.shape
+        if self.p == 0.0:
+            return x
+        keep = jax.random.bernoulli(key, 1.0 - self.p, shape)
+        if self.p == 1.0 and not self.alpha:
+            return jnp.zeros_like(x)
+        if not self.alpha:
+            return jnp.where(keep, x / (1.0 - self.p), 0).astype(x.dtype)
+        # Alpha dropout (Klambauer et al. 2017, eq. 6-7, torch's constants): dropped
+        # units take the SELU saturation value, then an affine map keeps mean and
+        # variance; kept units: a * x + alpha' * a * p, dropped: alpha' * a * (p - 1).
+        a = 1.0 / math.sqrt((_SELU_SAT**2 * self.p + 1.0) * (1.0 - self.p))
+        kept = a * x + _SELU_SAT * a * self.p
+        return jnp.where(keep, kept, _SELU_SAT * a * (self.p - 1.0)).astype(x.dtype)
+
+
+_SELU_SAT = 1.7580993408473766  # -SELU(-inf) = scale * alpha of SELU
+
+
+def _split_like(key: Array, tree: PyTree) -> PyTree:
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    return jax.tree_util.tree_unflatten(treedef, list(jax.random.split(key, len(leaves))))
+
 
 @dataclasses.dataclass(frozen=True)
 class Dropout1d(Dropout):
-    """Channel dropout (inference form: the identity)."""
+    """Channel dropout: identity in inference; in train mode drops whole channels of a
+    clip (frames `(C,)`)."""
+
+    channelwise: ClassVar[bool] = True
 
 
 @dataclasses.dataclass(frozen=True)
 class Dropout2d(Dropout):
-    """Channel dropout (inference form: the identity)."""
+    """Channel dropout: identity in inference; in train mode drops whole channels of a
+    clip (frames `(W, C)`)."""
+
+    channelwise: ClassVar[bool] = True
 
 
 @dataclasses.dataclass(frozen=True)
 class Dropout3d(Dropout):
-    """Channel dropout (inference form: the identity)."""
+    """Channel dropout: identity in inference; in train mode drops whole channels of a
+    clip (frames `(H, W, C)`)."""
+
+    channelwise: ClassVar[bool] = True
 
 
 @dataclasses.dataclass(frozen=True)
 class AlphaDropout(Dropout):
-    """Alpha dropout (inference form: the identity)."""
+    """Alpha dropout (for SELU nets): identity in inference, torch's rule in train mode."""
+
+    alpha: ClassVar[bool] = True
 
 
 @dataclasses.dataclass(frozen=True)
 class FeatureAlphaDropout(Dropout):
-    """Feature alpha dropout (inference form: the identity)."""
+    """Alpha dropout of whole channels: identity in inference, torch's rule in train."""
+
+    channelwise: ClassVar[bool] = True
+    alpha: ClassVar[bool] = True

@@ -33,11 +33,16 @@ from cojax.core import (
     Layer,
     Params,
     advance_counter,
+    as_int,
+    as_int_tuple,
     as_spec,
     check_array,
     check_config,
     empty_outputs,
-    is_int_at_least,
+    field_alias,
+    fill_invalid,
+    forward_per_clip,
+    zero_invalid,
     zero_unless,
 )
 from cojax.layers.window import WindowState, init_window, push_window
@@ -66,13 +71,7 @@ PoolState = WindowState | MaskedWindowState
 
 def _as_tuple(layer: Layer, what: str, value: int | Sequence[int], n: int, minimum: int):
     """An int or `n` ints (each >= `minimum`) -> a tuple of `n` ints."""
-    values = (value,) * n if isinstance(value, int) else tuple(value)
-    ok = len(values) == n and all(isinstance(v, int) and not isinstance(v, bool) for v in values)
-    check_config(ok, layer, f"{what} must be an int or a tuple of {n} ints, got {value!r}.")
-    check_config(
-        all(v >= minimum for v in values), layer, f"{what} must be >= {minimum}, got {value!r}."
-    )
-    return values
+    return as_int_tuple(layer, what, value, n, minimum)
 
 
 def _out_size(n: int, k: int, s: int, p: int, d: int) -> int:
@@ -206,25 +205,38 @@ class _Pool(Layer):
     def _pool_clip(self, clip: Array) -> Array:
         raise NotImplementedError
 
+    @property
+    def end_fill(self) -> str:
+        return "-inf" if self.kind == "max" else "zeros"
+
+    def forward_train(self, params, clips, mask, key):
+        if not self._masks_padding:
+            return super().forward_train(params, clips, mask, key)
+        # count_include_pad=False counts the real frames of each (truncated) clip:
+        # pool the zero-filled clip and the mask of real positions; the layer's own
+        # divisor cancels in the ratio, leaving sum(x) / count over the real frames.
+        real = fill_invalid(jnp.ones_like(clips), mask, "zeros")
+        num, out_mask, _ = forward_per_clip(self, params, clips, mask)
+        den = jax.vmap(lambda c: self.forward(params, c))(real)
+        ys = num / jnp.where(den > 0, den, 1).astype(num.dtype)
+        return zero_invalid(ys, out_mask), out_mask, params
+
     def forward(self, params: Params, clip: Array) -> Array:
         """The torch pool on the clip `(T, *spatial, C)` -> `(T_out, *spatial_out, C)`."""
-        self.check_clip(clip)
         return _jit_pool_clip(self, clip)
 
     # --- streaming ------------------------------------------------------------
     def init_state(self, params: Params, frame) -> PoolState:
         """A ring of `receptive_field - 1` spatially pooled frames of start padding."""
-        self.check_frame(frame)
         pooled = jax.eval_shape(self._pool_space, as_spec(frame))
         n = self.receptive_field - 1
-        window = init_window(n, pooled, _FILL[self.kind])
+        window = init_window(n, pooled, _FILL[self.kind], (self.delay, self.stride))
         if self._masks_padding:
             return MaskedWindowState(window.frames, window.count, jnp.zeros((n,), bool))
         return window
 
     def step(self, params: Params, state: PoolState, frame: Array):
         """Frame `(*spatial, C)` in; `(state, (y, valid))` out, `y` `(*spatial_out, C)`."""
-        self.check_frame(frame)
         return _jit_advance(self, state, frame, True)
 
     def _advance(self, state, frame, real: bool):
@@ -281,7 +293,12 @@ class _WindowPoolNd(_Pool):
     padding_nd: tuple[int, ...]
     dilation_nd: tuple[int, ...]
 
-    def _configure(self, kernel_size, stride, padding, dilation) -> None:
+    def _configure(self, kernel_size, stride, padding, dilation, fields) -> None:
+        """Set the tuples from torch's arguments or their field spellings `fields`
+        (`stride_nd`, `padding_nd`, `dilation_nd`: what `repr`/`replace` pass)."""
+        stride = field_alias(self, "stride", stride, None, "stride_nd", fields[0])
+        padding = field_alias(self, "padding", padding, 0, "padding_nd", fields[1])
+        dilation = field_alias(self, "dilation", dilation, 1, "dilation_nd", fields[2])
         n = self.num_dims
         k = _as_tuple(self, "kernel_size", kernel_size, n, 1)
         s = k if stride is None else _as_tuple(self, "stride", stride, n, 1)
@@ -375,9 +392,15 @@ class _MaxPoolNd(_WindowPoolNd):
         dilation: int | Sequence[int] = 1,
         return_indices: bool = False,
         ceil_mode: bool = False,
+        *,
+        stride_nd: Sequence[int] | None = None,
+        padding_nd: Sequence[int] | None = None,
+        dilation_nd: Sequence[int] | None = None,
     ) -> None:
         _reject(self, ceil_mode, return_indices)
-        self._configure(kernel_size, stride, padding, dilation)
+        self._configure(
+            kernel_size, stride, padding, dilation, (stride_nd, padding_nd, dilation_nd)
+        )
 
 
 @dataclasses.dataclass(frozen=True, init=False)
@@ -405,17 +428,18 @@ class _AvgPoolNd(_WindowPoolNd):
         divisor_override: int | None = None,
         *,
         dilation: int | Sequence[int] = 1,
+        stride_nd: Sequence[int] | None = None,
+        padding_nd: Sequence[int] | None = None,
+        dilation_nd: Sequence[int] | None = None,
     ) -> None:
         _reject(self, ceil_mode)
-        check_config(
-            divisor_override is None
-            or (isinstance(divisor_override, int) and divisor_override > 0),
-            self,
-            f"divisor_override must be None or a positive int, got {divisor_override!r}.",
-        )
-        object.__setattr__(self, "count_include_pad", bool(count_include_pad))
+        if divisor_override is not None:
+            divisor_override = as_int(self, "divisor_override", divisor_override, 1)
+        object.__setattr__(self, "count_include_pad", count_include_pad)
         object.__setattr__(self, "divisor_override", divisor_override)
-        self._configure(kernel_size, stride, padding, dilation)
+        self._configure(
+            kernel_size, stride, padding, dilation, (stride_nd, padding_nd, dilation_nd)
+        )
 
     @property
     def _fixed_divisor(self) -> bool:
@@ -512,20 +536,31 @@ class _AdaptivePoolNd(_Pool):
         stride: int = 1,
         padding: int = 0,
         dilation: int = 1,
+        *,
+        temporal_stride: int | None = None,
+        temporal_padding: int | None = None,
+        temporal_dilation: int | None = None,
     ) -> None:
         object.__setattr__(self, "output_size", self._parse_output_size(output_size))
         for name, value, minimum in (
             ("temporal_kernel_size", temporal_kernel_size, 1),
-            ("temporal_stride", stride, 1),
-            ("temporal_padding", padding, 0),
-            ("temporal_dilation", dilation, 1),
+            (
+                "temporal_stride",
+                field_alias(self, "stride", stride, 1, "temporal_stride", temporal_stride),
+                1,
+            ),
+            (
+                "temporal_padding",
+                field_alias(self, "padding", padding, 0, "temporal_padding", temporal_padding),
+                0,
+            ),
+            (
+                "temporal_dilation",
+                field_alias(self, "dilation", dilation, 1, "temporal_dilation", temporal_dilation),
+                1,
+            ),
         ):
-            check_config(
-                is_int_at_least(value, minimum),
-                self,
-                f"{name} must be an int >= {minimum}, got {value!r}.",
-            )
-            object.__setattr__(self, name, value)
+            object.__setattr__(self, name, as_int(self, name, value, minimum))
         self._check_temporal()
 
     def _parse_output_size(self, output_size) -> tuple[int | None, ...]:

@@ -157,7 +157,6 @@ class RecyclingPositionalEncoding(Layer):
 
     def forward(self, params: Params, clip: Array, offset: int | Array = 0) -> Array:
         """`clip + pe[(arange(T) + offset) mod num_embeds]`; `offset` an int scalar."""
-        self.check_clip(clip)
         offset = jnp.asarray(offset)
         if offset.ndim != 0 or not jnp.issubdtype(offset.dtype, jnp.integer):
             raise TypeError(
@@ -168,11 +167,9 @@ class RecyclingPositionalEncoding(Layer):
         return clip + self.embeddings(params)[rows].astype(clip.dtype)
 
     def init_state(self, params: Params, frame: Any) -> PositionState:
-        self.check_frame(frame)
         return PositionState(index=jnp.zeros((), jnp.int32))
 
     def step(self, params: Params, state: PositionState, frame: Array):
-        self.check_frame(frame)
         y = frame + self.embeddings(params)[state.index].astype(frame.dtype)
         index = (state.index + 1) % self.num_embeds
         return PositionState(index=index.astype(jnp.int32)), (y, jnp.ones((), bool))

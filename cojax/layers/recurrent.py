@@ -67,6 +67,10 @@ class _Recurrent(Layer):
     state_type: ClassVar[type]
 
     # --- configuration ----------------------------------------------------------
+    @property
+    def finite_memory(self) -> bool:
+        return False
+
     def _check_sizes(self) -> None:
         for name in ("input_size", "hidden_size", "num_layers"):
             value = getattr(self, name)
@@ -110,7 +114,6 @@ class _Recurrent(Layer):
 
     def init_state(self, params: Params, frame: Any, h0: Any = None):
         """Zero state, or `h0` (RNN/GRU: `(num_layers, H)`; LSTM: `(h0, c0)`)."""
-        self.check_frame(frame)
         dtype = as_spec(frame).dtype
         shapes = self._state_shapes()
         if h0 is None:
@@ -145,7 +148,6 @@ class _Recurrent(Layer):
             )
 
     def step(self, params: Params, state: State, frame: PyTree) -> tuple[State, StepOutput]:
-        self.check_frame(frame)
         self._check_params(params)
         x, new = frame, []
         for index, p in enumerate(params["layers"]):

@@ -190,14 +190,12 @@ class SingleOutputTransformerEncoderLayer(_EncoderBlock):
         self.attention  # noqa: B018  (validates query_index)
 
     def forward(self, params: Params, clip: Array) -> Array:
-        self.check_clip(clip)
         attention = self.attention
         attended = attention.forward(params["self_attn"], self._attention_input(params, clip))
         p = attention.query_position
         return self._finish(params, clip[p : p + attended.shape[0]], attended)
 
     def init_state(self, params: Params, frame: Any) -> EncoderLayerState:
-        self.check_frame(frame)
         spec = as_spec(frame)
         pending = self.sequence_len - 1 - self.attention.query_position
         return EncoderLayerState(
@@ -206,8 +204,7 @@ class SingleOutputTransformerEncoderLayer(_EncoderBlock):
         )
 
     def step(self, params: Params, state: EncoderLayerState, frame: Array):
-        self.check_frame(frame)
-        attn_state, (attended, valid) = self.attention.step(
+        attn_state, (attended, valid) = self.attention.step_unchecked(
             params["self_attn"], state.attention, self._attention_input(params, frame)
         )
         tokens = jnp.concatenate([state.tokens, frame[None]])
@@ -233,13 +230,11 @@ class RetroactiveTransformerEncoderLayer(_EncoderBlock):
         self.attention  # noqa: B018  (validates sequence_len >= 2)
 
     def forward(self, params: Params, clip: Array) -> Array:
-        self.check_clip(clip)
         attended = self.attention.forward(params["self_attn"], self._attention_input(params, clip))
         index = jnp.arange(attended.shape[0])[:, None] + jnp.arange(self.sequence_len)[None]
         return self._finish(params, clip[index], attended)
 
     def init_state(self, params: Params, frame: Any) -> EncoderLayerState:
-        self.check_frame(frame)
         spec = as_spec(frame)
         return EncoderLayerState(
             self.attention.init_state(params["self_attn"], spec),
@@ -247,8 +242,7 @@ class RetroactiveTransformerEncoderLayer(_EncoderBlock):
         )
 
     def step(self, params: Params, state: EncoderLayerState, frame: Array):
-        self.check_frame(frame)
-        attn_state, (attended, valid) = self.attention.step(
+        attn_state, (attended, valid) = self.attention.step_unchecked(
             params["self_attn"], state.attention, self._attention_input(params, frame)
         )
         tokens = jnp.concatenate([state.tokens, frame[None]])

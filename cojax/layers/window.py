@@ -7,7 +7,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from cojax.core import Array, new_counter
+from cojax.core import Array, frames_seen, new_counter
 
 TEMPORAL_FILLS = ("zeros", "replicate")
 
@@ -16,13 +16,16 @@ class WindowState(NamedTuple):
     """The last `n` input frames, oldest first, and the number of frames seen."""
 
     frames: Array  # (n, *frame_shape)
-    count: Array  # int32 scalar, see `cojax.core.advance_counter`
+    count: Array  # int32 scalar or `Schedule`, see `cojax.core.advance_counter`
 
 
-def init_window(n: int, frame: jax.ShapeDtypeStruct, fill_value: float = 0.0) -> WindowState:
-    """A window of `n` frames filled with `fill_value` (the start padding)."""
+def init_window(
+    n: int, frame: jax.ShapeDtypeStruct, fill_value: float = 0.0, schedule: tuple = ()
+) -> WindowState:
+    """A window of `n` frames filled with `fill_value` (the start padding); the
+    counter is a `Schedule` of `schedule = (delay, stride)` when given."""
     frames = jnp.full((n, *frame.shape), fill_value, frame.dtype)
-    return WindowState(frames=frames, count=new_counter())
+    return WindowState(frames=frames, count=new_counter(*schedule))
 
 
 def push_window(state: WindowState, x: Array, fill: str) -> tuple[Array, Array]:
@@ -34,7 +37,7 @@ def push_window(state: WindowState, x: Array, fill: str) -> tuple[Array, Array]:
     frames = state.frames
     if fill == "replicate" and frames.shape[0] > 0:
         first = jnp.broadcast_to(x, frames.shape).astype(frames.dtype)
-        frames = jnp.where(state.count == 0, first, frames)
+        frames = jnp.where(frames_seen(state.count) == 0, first, frames)
     window = jnp.concatenate([frames, x[None].astype(frames.dtype)], axis=0)
     return window, window[1:]
 

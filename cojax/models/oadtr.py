@@ -37,7 +37,6 @@ class CoOadTR(Sequential):
     def forward(self, params: Params, clip: Array, position_offset: int | Array = 0) -> Array:
         """Clip `(T, input_dim)` -> `(T - N + 1, num_classes)`; the positional table
         starts at row `position_offset` (steps from a fresh state: 0)."""
-        self.check_clip(clip)
         x = self["embedding"].forward(params["embedding"], clip)
         x = self["position"].forward(params["position"], x, offset=position_offset)
         for name in ("encoder", "norm", "classifier"):

@@ -244,12 +244,10 @@ class X3D(Sequential):
 
     def forward(self, params: Params, clip: Array) -> Array:
         """Clip `(T, H, W, 3)` -> `(T_out, num_classes)`."""
-        self.check_clip(clip)
         return _jit_method(self, "forward", params, clip)
 
     def step(self, params: Params, state: State, frame: Array):
         """Frame `(H, W, 3)` -> `(state, (y, valid))`, `y` `(num_classes,)`."""
-        self.check_frame(frame)
         return _jit_method(self, "step", params, state, frame)
 
 
