@@ -401,3 +401,49 @@ def test_receptive_field_check_catches_a_wrong_declaration():
 
     with pytest.raises(AssertionError, match="depend on up to 1 frames.*receptive_field = 3"):
         verify_contract(Lying(), (3,), check_training=True)
+
+
+# ------------------------------------------------------------- train mode of other layers
+# LayerNorm, GroupNorm, attention and the recurrent layers have no train-only behaviour
+# (no statistics; cojax's attention layers have no dropout): train mode is `forward`
+# clip by clip, and torch's train mode (dropout 0) computes the same. Checked here for
+# outputs and every parameter's gradient. GroupNorm is left out: torch's clip GroupNorm
+# mixes time, which neither continual-inference's steps nor cojax do (test_conversion).
+TRAIN_PARITY = {
+    "layernorm": (
+        lambda: cont.Sequential(
+            cont.Conv3d(2, 3, (3, 1, 1), padding=(1, 0, 0)), nn.LayerNorm((3, 4))
+        ),
+        (2, 2, 6, 3, 4),
+    ),
+    "lstm": (lambda: cont.LSTM(3, 5, num_layers=2, proj_size=2), (2, 3, 8)),
+    "gru": (lambda: cont.GRU(3, 4, num_layers=2), (2, 3, 8)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TRAIN_PARITY))
+def test_other_layers_train_like_torch(name):
+    make, shape = TRAIN_PARITY[name]
+    torch.manual_seed(0)
+    net = randomize(make()).train()
+    x = np.random.default_rng(3).standard_normal(shape).astype(np.float32)
+    yt = net(torch.from_numpy(x))
+    yt = yt[0] if isinstance(yt, tuple) else yt  # the recurrent layers return (y, state)
+    w = np.random.default_rng(4).standard_normal(yt.shape).astype(np.float32)
+    (yt * torch.from_numpy(w)).sum().backward()
+
+    torch.manual_seed(0)
+    ghost = randomize(make())  # the same weights: carries the gradients to convert
+    layer, params = from_continual(ghost.eval())
+    with torch.no_grad():
+        for p, g in zip(ghost.parameters(), net.parameters()):
+            p.copy_(g.grad)
+    expected = from_continual(ghost)[1]
+
+    channels_last = lambda a: np.moveaxis(np.asarray(a), 1, -1)  # noqa: E731
+    grads, (ys, _) = jax.grad(cojax_loss(layer, jnp.asarray(channels_last(w))), has_aux=True)(
+        params, jnp.asarray(channels_last(x)), jax.random.PRNGKey(0)
+    )
+    assert max_err(ys, channels_last(yt.detach().numpy())) <= TOL
+    assert np.std(channels_last(yt.detach().numpy())) > 0.1
+    assert tree_err(grads, expected) <= TOL
