@@ -25,7 +25,7 @@ from cojax.core import (
     masked_step,
     valid_outputs,
 )
-from cojax.flax_bridge import CojaxModule, flax_module
+from cojax.flax_bridge import CojaxModule, FlaxLayer, flax_module, from_flax
 from cojax.flops import clip_flops, compiled_flops, flops
 from cojax.layers.attention import (
     RetroactiveMultiheadAttention,

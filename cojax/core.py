@@ -233,6 +233,7 @@ _FIELD_CHECKS = {
     "tuple[int, ...]": as_int_tuple,
     "int | None": _optional(as_int),
     "float | None": _optional(as_float),
+    "tuple[int, ...] | None": _optional(as_int_tuple),
 }
 
 

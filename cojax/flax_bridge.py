@@ -1,4 +1,5 @@
-"""A cojax network inside a `flax.linen` model: `co.flax_module(layer)`.
+"""Flax both ways: a cojax network inside a `flax.linen` model (`co.flax_module(layer)`)
+and a continual Flax module as a cojax layer (`co.from_flax(module)`).
 
     module = co.flax_module(layer)
     variables = module.init({"params": key}, clips)          # {"params", "batch_stats"}
@@ -12,10 +13,15 @@ The learned leaves of `layer.init(key)` live in the "params" collection and the 
 `co.train_forward` (batch statistics, dropout from the "dropout" rng); `train=False`
 is `forward` clip by clip. Clips `(B, T, *spatial, C)`; `lengths` `(B,)` for ragged
 batches. The module's `init_state` / `step` methods stream one frame at a time.
+
+    layer = co.from_flax(module)          # module: __call__(clip), init_state, step
+    params = layer.init(key)              # the module's Flax variables
+    co.Sequential(co.Linear(3, 8), layer)  # composes like any cojax layer
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -23,7 +29,17 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-from cojax.core import Layer, Params, forward_per_clip, length_mask
+from cojax.core import (
+    Array,
+    Layer,
+    Params,
+    as_spec,
+    check_array,
+    check_config,
+    forward_per_clip,
+    layer_name,
+    length_mask,
+)
 from cojax.training import train_forward, trainable_mask
 
 _NAME = "layer"
@@ -101,3 +117,92 @@ def flax_module(layer: Layer) -> CojaxModule:
     if not isinstance(layer, Layer):
         raise TypeError(f"flax_module: expected a cojax layer, got {type(layer).__name__}.")
     return CojaxModule(layer)
+
+
+# --------------------------------------------------------------------------- Flax -> cojax
+
+
+@dataclasses.dataclass(frozen=True)
+class FlaxLayer(Layer):
+    """A continual Flax module as a cojax layer: what `co.from_flax(module)` returns.
+
+    The module provides `__call__(clip)` (clip `(T, *frame_shape)` -> one output per
+    complete window, `(T - window + 1, ...)`), and the methods `init_state(frame)` and
+    `step(state, frame) -> (state, (y, valid))`. The layer derives the temporal
+    metadata from the window, so the module declares none: receptive field `window`,
+    delay `window - 1`, stride 1, no padding. `window` defaults to the module's
+    `sequence_len`, `frame_shape` to `(input_dim,)` or `(embed_dim,)`. `params` are the
+    module's Flax variables; only the "params" collection is learned (`trainable`),
+    other collections (e.g. fixed Nyström "landmarks") are not.
+    """
+
+    module: nn.Module
+    frame_shape: tuple[int, ...] | None = None
+    window: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.module, nn.Module):
+            raise TypeError(
+                f"FlaxLayer: expected a flax.linen Module, got {type(self.module).__name__}."
+            )
+        for method in ("init_state", "step"):
+            check_config(
+                callable(getattr(self.module, method, None)),
+                self,
+                f"{type(self.module).__name__} has no {method} method: a continual Flax "
+                "module needs __call__(clip), init_state(frame) and step(state, frame).",
+            )
+        if self.window is None:
+            window = getattr(self.module, "sequence_len", None)
+            check_config(window is not None, self, "pass window= (the module has no sequence_len).")
+            object.__setattr__(self, "window", window)
+        if self.frame_shape is None:
+            channels = getattr(self.module, "input_dim", None) or getattr(
+                self.module, "embed_dim", None
+            )
+            check_config(
+                channels is not None, self, "pass frame_shape= (no input_dim / embed_dim)."
+            )
+            object.__setattr__(self, "frame_shape", (channels,))
+        super().__post_init__()
+        check_config(self.window >= 1, self, f"window must be >= 1, got {self.window}.")
+
+    @property
+    def receptive_field(self) -> int:
+        return self.window
+
+    def init(self, key: Array) -> Params:
+        dummy = jnp.zeros((self.window, *self.frame_shape), jnp.float32)
+        return dict(self.module.init(key, dummy))
+
+    def check_frame(self, frame: Any) -> None:
+        shape = tuple(self.frame_shape)
+        check_array(self, frame, ndim=len(shape), channels=shape[-1] if shape else None)
+        if tuple(frame.shape) != tuple(self.frame_shape):
+            raise ValueError(
+                f"{layer_name(self)}: expected a frame of shape {tuple(self.frame_shape)} "
+                f"for {type(self.module).__name__}, got {tuple(frame.shape)}."
+            )
+
+    def trainable(self, params: Params) -> Params:
+        """Only the Flax "params" collection is learned."""
+        return {
+            col: jax.tree_util.tree_map(lambda _, c=col: c == "params", tree)
+            for col, tree in params.items()
+        }
+
+    def forward(self, params: Params, clip: Array) -> Array:
+        return self.module.apply(params, clip)
+
+    def init_state(self, params: Params, frame: Any):
+        return self.module.apply(params, as_spec(frame), method="init_state")
+
+    def step(self, params: Params, state, frame: Array):
+        return self.module.apply(params, state, frame, method="step")
+
+
+def from_flax(
+    module: nn.Module, frame_shape: tuple[int, ...] | None = None, window: int | None = None
+) -> FlaxLayer:
+    """A continual Flax module as a cojax layer (see `FlaxLayer`)."""
+    return FlaxLayer(module, None if frame_shape is None else tuple(frame_shape), window)

@@ -9,10 +9,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from flax.training import train_state
 
 import cojax as co
 from cojax.flax_bridge import merge_params
+from cojax.testing import verify_contract
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
@@ -121,3 +123,69 @@ def test_dropout_rng_train_flag_and_streaming():
             outs.append(y)
     assert len(outs) == 7  # the 8th output comes from the end padding (flush)
     assert np.allclose(np.stack(outs), ys[0, : len(outs)], atol=1e-5)
+
+
+# --------------------------------------------------------------------------- from_flax
+
+
+class WindowMean(nn.Module):
+    """A continual Flax module written without any cojax metadata: a Dense per frame,
+    then the mean of the last `sequence_len` frames."""
+
+    features: int
+    sequence_len: int = 3
+
+    def setup(self):
+        self.proj = nn.Dense(self.features)
+
+    def __call__(self, clip):
+        y, n = self.proj(clip), self.sequence_len
+        return jnp.stack([y[i : i + n].mean(0) for i in range(clip.shape[0] - n + 1)])
+
+    def init_state(self, frame):
+        return jnp.zeros((self.sequence_len - 1, self.features), frame.dtype), jnp.zeros(
+            (), jnp.int32
+        )
+
+    def step(self, state, frame):
+        ring, count = state
+        window = jnp.concatenate([ring, self.proj(frame)[None]])
+        valid = count >= self.sequence_len - 1
+        y = jnp.where(valid, window.mean(0), 0.0)
+        return (window[1:], jnp.minimum(count + 1, self.sequence_len - 1)), (y, valid)
+
+
+def test_from_flax_makes_any_continual_module_a_layer():
+    layer = co.from_flax(WindowMean(4), frame_shape=(3,))
+    assert (layer.receptive_field, layer.delay, layer.stride) == (3, 2, 1)
+    verify_contract(layer, (3,))
+    # It composes: inside a Sequential, after a cojax layer, with a delay of 2 + 1.
+    net = co.Sequential(co.Conv1d(2, 3, 2), layer, co.ReLU())
+    assert net.delay == 3
+    verify_contract(net, (2,))
+    params = net.init(jax.random.PRNGKey(0))
+    assert co.trainable_mask(net, params)["1"]["params"]["proj"]["kernel"] is True
+
+
+def test_nystrom_layer_is_the_general_bridge():
+    module = co.ContinualNystromAttention(embed_dim=4, num_heads=2, num_landmarks=2, sequence_len=4)
+    assert co.NystromLayer is co.FlaxLayer
+    layer = co.from_flax(module)
+    assert layer == co.NystromLayer(module) and layer.frame_shape == (4,) and layer.delay == 3
+    assert not hasattr(module, "delay") and not hasattr(module, "receptive_field")
+
+
+def test_from_flax_errors():
+    with pytest.raises(TypeError, match="FlaxLayer: expected a flax.linen Module, got Conv1d"):
+        co.from_flax(co.Conv1d(2, 2, 2))
+    with pytest.raises(ValueError, match="Dense has no init_state method"):
+        co.from_flax(nn.Dense(3), frame_shape=(3,), window=1)
+    with pytest.raises(ValueError, match="pass frame_shape="):
+        co.from_flax(WindowMean(4))
+    layer = co.from_flax(WindowMean(4), frame_shape=(3,))
+    params = layer.init(jax.random.PRNGKey(0))
+    with pytest.raises(ValueError, match="FlaxLayer: expected 3 channels .* got 5"):
+        layer.init_state(params, jnp.ones((5,)))
+    two_d = co.from_flax(WindowMean(4), frame_shape=(2, 3))
+    with pytest.raises(ValueError, match=r"expected a frame of shape \(2, 3\) for WindowMean"):
+        two_d.check_frame(jnp.ones((4, 3)))

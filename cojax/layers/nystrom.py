@@ -33,7 +33,6 @@ Both continual forms keep the cojax layer contract through `NystromLayer`
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -44,7 +43,6 @@ from jax import lax
 
 from cojax.core import (
     Array,
-    Layer,
     Params,
     advance_counter,
     as_spec,
@@ -54,6 +52,7 @@ from cojax.core import (
     new_counter,
     zero_unless,
 )
+from cojax.flax_bridge import FlaxLayer
 from cojax.layers.attention import Aggregate, check_window_clip, combine
 
 LANDMARK_MODES = ("fixed", "updated")
@@ -337,15 +336,7 @@ class ContinualNystromAttention(NystromAttention):
             )
             self.q_land, self.k_land = init("queries"), init("keys")
 
-    # --- static metadata -----------------------------------------------------
-    @property
-    def delay(self) -> int:
-        return self.sequence_len - 1
-
-    @property
-    def receptive_field(self) -> int:
-        return self.sequence_len
-
+    # --- static metadata (the window, delay etc. are `co.from_flax`'s to derive) --
     @property
     def segment(self) -> int:
         return self.sequence_len // self.num_landmarks
@@ -398,12 +389,14 @@ class ContinualNystromAttention(NystromAttention):
         if self.landmarks == "fixed":
             kernel = middle_kernel(self.q_land.value, self.k_land.value, self.pinv_iterations)
             rows = jnp.zeros((n if self.retroactive else 0, H, m), dtype)
-            return FixedState(tree, kernel.astype(dtype), rows, zero, new_counter(self.delay, 1))
+            return FixedState(
+                tree, kernel.astype(dtype), rows, zero, new_counter(self.sequence_len - 1, 1)
+            )
         ring = jnp.zeros((n, H, d), dtype)
         land = jnp.zeros((H, m, d), dtype)
         return UpdatedState(
             tree, jnp.zeros((H, m, m), dtype), land, land, ring, ring, ring,
-            jnp.zeros((H, d), dtype), jnp.zeros((H, d), dtype), zero, zero, zero, new_counter(self.delay, 1),
+            jnp.zeros((H, d), dtype), jnp.zeros((H, d), dtype), zero, zero, zero, new_counter(self.sequence_len - 1, 1),
         )  # fmt: skip
 
     def step(self, state: FixedState | UpdatedState, frame: Array):
@@ -435,7 +428,7 @@ class ContinualNystromAttention(NystromAttention):
         if self.retroactive:
             rows = lax.dynamic_update_index_in_dim(rows, left, state.slot, 0)
         y = self._output(rows if self.retroactive else left, tree, state.kernel, state.slot)
-        valid, count = advance_counter(state.count, self.delay, 1)
+        valid, count = advance_counter(state.count, self.sequence_len - 1, 1)
         new = FixedState(tree, state.kernel, rows, (state.slot + 1) % n, count)
         return new, (zero_unless(valid, y), valid)
 
@@ -478,7 +471,7 @@ class ContinualNystromAttention(NystromAttention):
         rows = queries if self.retroactive else queries[state.slot]
         left = jax.nn.softmax(jnp.einsum("...hd,hmd->...hm", rows, k_land), axis=-1)
         y = self._output(left, tree, kernel, state.slot)
-        valid, count = advance_counter(state.count, self.delay, 1)
+        valid, count = advance_counter(state.count, self.sequence_len - 1, 1)
         zero = jnp.zeros_like(q_sum)
         new = UpdatedState(
             tree, kernel, q_land, k_land, queries, keys, values,
@@ -508,49 +501,9 @@ def _leaf_rows(logits: Array, values: Array, size: int) -> Aggregate:
 # --------------------------------------------------------------------------- cojax layer
 
 
-@dataclasses.dataclass(frozen=True)
-class NystromLayer(Layer):
-    """A continual Flax module as a cojax layer (the contract's methods).
-
-    `module`: a `ContinualNystromAttention` or any Flax module with `sequence_len`,
-    `__call__(clip)`, `init_state(frame)` and `step(state, frame)` (e.g.
-    `cojax.models.NystromformerClassifier`). `params` are the module's Flax variables
-    ({"params": …, "landmarks": …}). Frames `(C,)` with C the module's `input_dim`
-    (or `embed_dim`); clips `(T, C)`; delay `sequence_len - 1`.
-    """
-
-    module: nn.Module
-
-    @property
-    def receptive_field(self) -> int:
-        return self.module.sequence_len
-
-    @property
-    def channels(self) -> int:
-        return getattr(self.module, "input_dim", None) or self.module.embed_dim
-
-    def init(self, key: Array) -> Params:
-        dummy = jnp.zeros((self.module.sequence_len, self.channels), jnp.float32)
-        return dict(self.module.init(key, dummy))
-
-    def check_frame(self, frame: Any) -> None:
-        check_array(self, frame, ndim=1, channels=self.channels, layout="(C,)")
-
-    def trainable(self, params: Params) -> Params:
-        """Only the Flax "params" collection is learned (not e.g. fixed "landmarks")."""
-        return {
-            col: jax.tree_util.tree_map(lambda _, c=col: c == "params", tree)
-            for col, tree in params.items()
-        }
-
-    def forward(self, params: Params, clip: Array) -> Array:
-        return self.module.apply(params, clip)
-
-    def init_state(self, params: Params, frame: Any):
-        return self.module.apply(params, as_spec(frame), method="init_state")
-
-    def step(self, params: Params, state, frame: Array):
-        return self.module.apply(params, state, frame, method="step")
+# `NystromLayer(module)` is `co.from_flax(module)`: the general bridge for any continual
+# Flax module (see `cojax.flax_bridge.FlaxLayer`).
+NystromLayer = FlaxLayer
 
 
 # --------------------------------------------------------------------------- landmarks

@@ -218,14 +218,6 @@ class NystromformerClassifier(nn.Module):
         self.norm = nn.LayerNorm(epsilon=1e-5)
         self.head = nn.Dense(self.num_classes)
 
-    @property
-    def delay(self) -> int:
-        return self.sequence_len - 1
-
-    @property
-    def receptive_field(self) -> int:
-        return self.sequence_len
-
     def _check(self, x: Any, ndim: int, what: str, layout: str) -> None:
         check_array(self, x, ndim=ndim, channels=self.input_dim, what=what, layout=layout)
 
