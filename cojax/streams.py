@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from cojax.core import Array, Layer, Params, PyTree, State, as_spec, check_config
+from cojax.core import Array, Layer, Params, PyTree, State, as_int, as_spec
 
 
 def init_streams(layer: Layer, params: Params, frame: PyTree, num_streams: int) -> State:
@@ -13,7 +13,7 @@ def init_streams(layer: Layer, params: Params, frame: PyTree, num_streams: int) 
 
     `frame` describes ONE stream's frame `(*spatial, C)` (array or ShapeDtypeStruct).
     """
-    check_config(num_streams >= 1, layer, f"num_streams must be >= 1, got {num_streams}.")
+    num_streams = as_int(layer, "num_streams", num_streams, 1)
     one = layer.init_state(params, as_spec(frame))
     return jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (num_streams, *a.shape)), one)
 
