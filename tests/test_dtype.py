@@ -30,8 +30,20 @@ LAYERS = [
 IDS = [type(layer).__name__ for layer, _ in LAYERS]
 
 
-@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16], ids=["float16", "bfloat16"])
-@pytest.mark.parametrize("layer, frame", LAYERS, ids=IDS)
+# float16 takes the code paths of bfloat16: the fast set runs three layers in float16,
+# `pytest -m slow` (CI) the rest.
+FLOAT16_FAST = {"Conv2d", "LSTM", "SingleOutputMultiheadAttention"}
+CASES = [
+    pytest.param(layer, frame, dtype, id=f"{name}-{jnp.dtype(dtype).name}", marks=marks)
+    for (layer, frame), name in zip(LAYERS, IDS)
+    for dtype, marks in [
+        (jnp.bfloat16, ()),
+        (jnp.float16, () if name in FLOAT16_FAST else pytest.mark.slow),
+    ]
+]
+
+
+@pytest.mark.parametrize("layer, frame, dtype", CASES)
 def test_outputs_and_state_keep_the_input_dtype(layer, frame, dtype):
     params = layer.init(jax.random.PRNGKey(0))  # float32 parameters
     clip = jax.random.normal(jax.random.PRNGKey(1), (10, *frame)).astype(dtype)

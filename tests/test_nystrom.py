@@ -171,8 +171,17 @@ def _layer(landmarks, retroactive, n=N, m=M):
     return NystromLayer(module)
 
 
-@pytest.mark.parametrize("retroactive", [False, True], ids=["single", "retroactive"])
-@pytest.mark.parametrize("landmarks", ["fixed", "updated"])
+@pytest.mark.parametrize(
+    "landmarks, retroactive",
+    [
+        ("fixed", False),
+        ("updated", True),
+        # The mixed pairs add no new code path; `pytest -m slow` (CI) runs them.
+        pytest.param("fixed", True, marks=pytest.mark.slow),
+        pytest.param("updated", False, marks=pytest.mark.slow),
+    ],
+    ids=["fixed-single", "updated-retroactive", "fixed-retroactive", "updated-single"],
+)
 def test_contract(landmarks, retroactive):
     layer = _layer(landmarks, retroactive)
     verify_contract(

@@ -193,7 +193,15 @@ RAGGED_LAYERS = {
 }
 
 
-SLOW = {"attention", "lstm"}  # run by `pytest -m slow` (CI runs both sets)
+SLOW = {
+    "attention",
+    "lstm",
+    "chain",
+    "residual",
+    "delay",
+    "conv3d-dilated-strided",
+    "gru",
+}  # run by `pytest -m slow` (CI runs both sets)
 
 
 def with_slow_marks(names):
@@ -421,7 +429,7 @@ TRAIN_PARITY = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(TRAIN_PARITY))
+@pytest.mark.parametrize("name", with_slow_marks(TRAIN_PARITY))
 def test_other_layers_train_like_torch(name):
     make, shape = TRAIN_PARITY[name]
     torch.manual_seed(0)
