@@ -128,6 +128,7 @@ def _batch_norm(cls: type) -> Handler:
             eps=float(module.eps),
             affine=bool(module.affine),
             momentum=momentum,
+            instance=type(module).__name__.startswith("InstanceNorm"),
         )
         params = {"mean": array(module.running_mean), "var": array(module.running_var)}
         if module.affine:

@@ -455,3 +455,17 @@ def test_other_layers_train_like_torch(name):
     assert max_err(ys, channels_last(yt.detach().numpy())) <= TOL
     assert np.std(channels_last(yt.detach().numpy())) > 0.1
     assert tree_err(grads, expected) <= TOL
+
+
+def test_a_converted_instance_norm_refuses_train_mode():
+    """InstanceNorm with running statistics converts to the same inference form as
+    BatchNorm, but trains with per-clip statistics: train_forward says so."""
+    net = cont.Sequential(
+        cont.Conv1d(2, 3, 1), nn.InstanceNorm1d(3, affine=True, track_running_stats=True)
+    )
+    layer, params = from_continual(net.eval())
+    assert layer["1"].instance and not co.BatchNorm1d(3).instance
+    clips = jnp.ones((2, 5, 2))
+    layer.forward(params, clips[0])  # eval form works
+    with pytest.raises(ValueError, match="BatchNorm1d: this is a converted InstanceNorm"):
+        co.train_forward(layer, params, clips, jax.random.PRNGKey(0))

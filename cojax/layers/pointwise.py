@@ -421,12 +421,16 @@ class BatchNorm(FrameLayer):
     `(H, W, C)` like the torch layers' `(B, C, T)`, `(B, C, T, W)`, `(B, C, T, H, W)`.
     In train mode (`cojax.training.train_forward`) it normalises with batch statistics
     and moves "mean"/"var" by `momentum`; they are not trainable (`trainable_mask`).
+    `instance=True` marks a converted torch InstanceNorm with running statistics: the
+    same inference form, but its train mode (statistics per clip) is not BatchNorm's,
+    so `train_forward` refuses it rather than train it as a BatchNorm.
     """
 
     num_features: int
     eps: float = 1e-5
     affine: bool = True
     momentum: float | None = 0.1
+    instance: bool = False
     frame_ndim: ClassVar[int | None] = None
 
     def __post_init__(self):
@@ -472,6 +476,13 @@ class BatchNorm(FrameLayer):
         over (B, T, *F), and move the running statistics by `momentum` (running
         variance unbiased, `n / (n - 1)`). Statistics are accumulated in float32."""
         del key
+        check_config(
+            not self.instance,
+            self,
+            "this is a converted InstanceNorm: its train mode normalises each clip with "
+            "its own statistics, which cojax does not implement; train it in torch, or "
+            "replace it by a BatchNorm before training.",
+        )
         check_config(
             self.momentum is not None,
             self,
