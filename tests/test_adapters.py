@@ -398,6 +398,28 @@ def _mask_of(kept, n):
     return mask
 
 
+def test_kept_out_indices_chain_as_input_keep_and_bad_keeps_raise():
+    """A producer's `kept_out` (indices) is its consumer's `input_keep` as it is, and
+    gives what the equivalent bool mask gives; an index array is never read as a mask."""
+    from cojax.adapters.continual import continual_linear
+    from cojax.adapters.lora import keep_mask
+
+    head = SPLoRADense(4, rank=2)
+    v = _dense_variables(head, jnp.zeros((1, 6)))
+    kept = np.array([0, 2, 3])  # read as a bool mask this would keep channels 1 and 2 only
+    by_index = continual_linear(v, input_keep=kept)
+    by_mask = continual_linear(v, input_keep=_mask_of(kept, 6))
+    assert by_index[0] == by_mask[0] and by_index[0].in_features == 3
+    np.testing.assert_array_equal(by_index[1]["kernel"], by_mask[1]["kernel"])
+    np.testing.assert_array_equal(keep_mask(kept, 6), [1, 0, 1, 1, 0, 0])
+    with pytest.raises(ValueError, match=r"input_keep: a bool mask must have shape \(6,\)"):
+        continual_linear(v, input_keep=np.ones(5, bool))
+    with pytest.raises(ValueError, match=r"distinct and in \[0, 6\), got \[1, 6\]"):
+        continual_linear(v, input_keep=np.array([1, 6]))
+    with pytest.raises(TypeError, match="expected a bool mask .* or an int array"):
+        continual_linear(v, input_keep=np.array([0.0, 1.0]))
+
+
 # --------------------------------------------------------------------------- attention
 
 

@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from cojax.adapters.lora import DEFAULT_INIT_RANGE, _uniform
+from cojax.adapters.lora import DEFAULT_INIT_RANGE, _uniform, keep_mask
 from cojax.core import Array, check_array, check_config
 
 
@@ -111,7 +111,7 @@ def fuse_splopa(
     """
     kernel = np.asarray(splopa_adapted_kernel(variables, prototypes))
     used = kernel != 0.0
-    keep_in = np.any(used, axis=1) if input_keep is None else np.asarray(input_keep, bool)
+    keep_in = np.any(used, axis=1) if input_keep is None else keep_mask(input_keep, used.shape[0])
     has_bias = "bias" in variables["params"]
     keep_out = np.ones(kernel.shape[1], bool) if has_bias else np.any(used, axis=0)
     kept_in, kept_out = np.flatnonzero(keep_in), np.flatnonzero(keep_out)

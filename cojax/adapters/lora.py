@@ -186,6 +186,33 @@ def _kept(mask: Array) -> np.ndarray:
     return np.flatnonzero(np.asarray(mask))
 
 
+def keep_mask(keep: Any, n: int, what: str = "input_keep") -> np.ndarray:
+    """A keep spec over `n` channels -> a bool mask `(n,)`.
+
+    Either a bool mask of length `n`, or integer indices of the kept channels (what
+    the `fuse_*` functions return as `kept_out`, so a producer's `kept_out` is its
+    consumer's `input_keep` as it is). Anything else raises: an index array is never
+    read as a mask or the other way round.
+    """
+    arr = np.asarray(keep)
+    if arr.dtype == np.bool_:
+        if arr.shape != (n,):
+            raise ValueError(f"{what}: a bool mask must have shape ({n},), got {arr.shape}.")
+        return arr
+    if not np.issubdtype(arr.dtype, np.integer) or arr.ndim != 1:
+        raise TypeError(
+            f"{what}: expected a bool mask ({n},) or an int array of kept channel indices, "
+            f"got {arr.dtype}{list(arr.shape)}."
+        )
+    if arr.size and (arr.min() < 0 or arr.max() >= n or len(np.unique(arr)) != arr.size):
+        raise ValueError(
+            f"{what}: kept indices must be distinct and in [0, {n}), got {arr.tolist()}."
+        )
+    mask = np.zeros(n, bool)
+    mask[arr] = True
+    return mask
+
+
 def adapted_kernel(params: Any) -> Array:
     """W + ΔW of an SPLoRA / SPPaRA dense or convolution layer's params (masks not
     applied): `(in, out)` or `(*k, in/groups, out)`, the adapter at the centre tap."""
@@ -204,12 +231,13 @@ def fuse_dense(
     kept_out)`, the kernel `(|kept_in|, |kept_out|)`.
 
     Inputs: the layer's "in" mask, or, when given, `input_keep` (the producer's kept
-    outputs, so the layers chain; inputs this layer masks itself become zero rows).
-    A consumer of this layer takes `kept_out` as its `input_keep`.
+    outputs: its `kept_out` indices or a bool mask, see `keep_mask`; inputs this layer
+    masks itself become zero rows). A consumer of this layer takes `kept_out` as its
+    `input_keep`.
     """
     p, masks = variables["params"], variables["masks"]
     own_in = np.asarray(masks["in"])
-    keep_in = own_in if input_keep is None else np.asarray(input_keep, bool)
+    keep_in = own_in if input_keep is None else keep_mask(input_keep, own_in.shape[0])
     kept_in, kept_out = _kept(keep_in), _kept(masks["out"])
     adapted = jnp.where(own_in[:, None], adapted_kernel(p), 0.0)
     params = {"kernel": adapted[kept_in][:, kept_out]}
@@ -234,8 +262,8 @@ def fuse_conv(
     g' = `len(kept_in) // kernel.shape[-2]` groups left.
 
     Inputs: the layer's "in" mask, or, when given, `input_keep` (the producer's kept
-    outputs, so the layers chain; inputs this layer masks itself become zero rows).
-    A group whose inputs and outputs are all pruned is removed; the kept groups must
+    outputs: its `kept_out` indices or a bool mask, see `keep_mask`; inputs this layer
+    masks itself become zero rows). A group whose inputs and outputs are all pruned is removed; the kept groups must
     keep equally many inputs and outputs each (one plain grouped convolution), e.g. a
     depthwise convolution prunes an output channel together with its input channel.
     """
@@ -245,7 +273,7 @@ def fuse_conv(
     groups = own_in.shape[0] // kernel.shape[-2]
     mask = _kernel_mask(own_in, keep_out, groups)
     adapted = np.asarray(jnp.where(mask, adapted_kernel(p), 0.0))
-    keep_in = own_in if input_keep is None else np.asarray(input_keep, bool)
+    keep_in = own_in if input_keep is None else keep_mask(input_keep, own_in.shape[0])
     in_groups, out_groups = keep_in.reshape(groups, -1), keep_out.reshape(groups, -1)
     kept_groups = np.flatnonzero(in_groups.any(1) | out_groups.any(1))
     counts = {(int(in_groups[j].sum()), int(out_groups[j].sum())) for j in kept_groups}
