@@ -277,12 +277,33 @@ def _check_pad_end(layer, params, state0, clip, ref, full, name, rtol, atol):
     _assert_close(state, full[0], rtol, atol, f"{name}: state after pad_end")
 
 
+def _grad(loss, params, clip, has_aux=False):
+    """jit(grad(loss, argnums=(0, 1)))(params, clip) w.r.t. the floating leaves of
+    `params` only (masks and counters are not differentiable); the others get zeros."""
+    leaves, treedef = jax.tree.flatten(params)
+    floating = [jnp.issubdtype(jnp.result_type(a), jnp.floating) for a in leaves]
+
+    def on_floats(values, c):
+        it = iter(values)
+        full = [next(it) if f else a for a, f in zip(leaves, floating)]
+        return loss(jax.tree.unflatten(treedef, full), c)
+
+    values = [a for a, f in zip(leaves, floating) if f]
+    out = jax.jit(jax.grad(on_floats, argnums=(0, 1), has_aux=has_aux))(values, clip)
+    (g_values, g_clip), aux = (out, None) if not has_aux else out
+    it = iter(g_values)
+    g_params = jax.tree.unflatten(
+        treedef, [next(it) if f else jnp.zeros_like(a) for a, f in zip(leaves, floating)]
+    )
+    return ((g_params, g_clip), aux) if has_aux else (g_params, g_clip)
+
+
 def _check_grad(layer, params, clip, name):
     def loss(p, c):
         out = layer.forward(p, c)
         return sum(jnp.sum(jnp.square(o)) for o in jax.tree_util.tree_leaves(out))
 
-    for g in _floating(jax.jit(jax.grad(loss, argnums=(0, 1)))(params, clip)):
+    for g in _floating(_grad(loss, params, clip)):
         assert np.all(np.isfinite(g)), f"{name}: non-finite gradient"
 
 
@@ -313,10 +334,10 @@ def _check_gradients(layer, params, state0, clip, name, rtol, atol):
         index = jnp.nonzero(valid, size=_num_time(ref))[0]
         return _sum_weighted(jax.tree.map(lambda a: a[index], ys), weights)
 
-    g_clip = jax.jit(jax.grad(clip_loss, argnums=(0, 1)))(params, clip)
+    g_clip = _grad(clip_loss, params, clip)
     for g in _floating(g_clip):
         assert np.all(np.isfinite(g)), f"{name}: non-finite gradient"
-    g_steps = jax.jit(jax.grad(step_loss, argnums=(0, 1)))(params, clip)
+    g_steps = _grad(step_loss, params, clip)
     scale = max([1.0, *(float(np.max(np.abs(g), initial=0.0)) for g in _floating(g_clip))])
     for what, a, b in (("params", g_steps[0], g_clip[0]), ("input", g_steps[1], g_clip[1])):
         _assert_close(a, b, rtol, atol * scale, f"{name}: d/d{what} steps != forward")
@@ -374,9 +395,7 @@ def _check_train(layer, params, clip, name):
         total = sum(jnp.sum(jnp.square(y)) for y in _floating_tree(ys))
         return total, (ys, new)
 
-    (g_params, g_batch), (ys, new) = jax.jit(jax.grad(loss, argnums=(0, 1), has_aux=True))(
-        params, batch
-    )
+    (g_params, g_batch), (ys, new) = _grad(loss, params, batch, has_aux=True)
     for y in _floating(ys):
         assert np.all(np.isfinite(y)), f"{name}: NaN after a clip's end reached an output"
     for g in _floating(g_params):

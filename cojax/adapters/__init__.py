@@ -6,6 +6,7 @@ exports a plain, physically smaller layer.
 """
 
 from cojax.adapters.attention import SPLoRAMultiHeadAttention, fuse_attention
+from cojax.adapters.continual import AdapterConv
 from cojax.adapters.lopa import SPLoPADense, SPLoPAPrototypes, splopa_parameter_count
 from cojax.adapters.lora import (
     SPLoRAConv,
@@ -21,6 +22,7 @@ from cojax.adapters.lora import (
 from cojax.adapters.para import SPPaRAConv
 
 __all__ = [
+    "AdapterConv",
     "SPLoPADense",
     "SPLoPAPrototypes",
     "SPLoRAConv",

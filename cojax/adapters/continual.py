@@ -1,5 +1,10 @@
 """Adapted, pruned layers as continual cojax layers.
 
+Two routes. `AdapterConv(module, in_channels)` streams an `SPLoRAConv` / `SPPaRAConv`
+directly, inside `co.Sequential` like any layer, with the adapter's own Flax variables
+as its params (the masked adapted kernel is formed in each call, so it trains with
+optax and streams with `step`; only the adapter and bias are trainable).
+
 A structured-pruning adapter trained on clips (a Flax `SPLoRAConv` / `SPPaRAConv` /
 `SPLoRADense`) streams like any cojax layer once fused: `continual_conv` turns its
 variables into a physically smaller `cojax.Conv1d/2d/3d` (time = the first kernel
@@ -9,12 +14,16 @@ layer's kept output channels as the next one's `input_keep`.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from cojax.adapters.lora import fuse_conv, fuse_dense
-from cojax.core import Layer, Params
+from cojax.adapters.lora import _AdaptedConv, _kernel_mask, adapted_kernel, fuse_conv, fuse_dense
+from cojax.core import Array, Layer, Params, check_config
 from cojax.layers.conv import Conv1d, Conv2d, Conv3d
 from cojax.layers.linear import Linear
 
@@ -55,3 +64,92 @@ def continual_linear(variables: Any, input_keep: Any = None) -> tuple[Layer, Par
     """A fused, pruned `SPLoRADense` as a cojax `Linear`: `(layer, params, kept_out)`."""
     params, kept_in, kept_out = fuse_dense(variables, input_keep)
     return Linear(len(kept_in), len(kept_out), bias="bias" in params), params, kept_out
+
+
+@dataclasses.dataclass(frozen=True)
+class AdapterConv(Layer):
+    """An `SPLoRAConv` / `SPPaRAConv` (time = its first kernel axis) as a continual
+    layer: clip `(T, *spatial, in_channels)` -> `(T_out, *spatial_out, features)`.
+
+    `params` are the module's variables (`{"params", "masks"}`, from `init` or a
+    trained adapter). Every call forms the adapted kernel `W + ΔW` with the masks
+    applied and runs the continual convolution of the module's kernel size, strides,
+    padding and groups, so `forward` equals the module on the clip and `step` streams
+    it. `trainable`: the adapter and bias, not the frozen base kernel or the masks.
+    """
+
+    module: nn.Module
+    in_channels: int
+    temporal_fill: str = "zeros"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.module, _AdaptedConv):
+            raise TypeError(
+                f"AdapterConv: expected an SPLoRAConv or SPPaRAConv, got {type(self.module).__name__}."
+            )
+        super().__post_init__()
+        k = tuple(self.module.kernel_size)
+        check_config(1 <= len(k) <= 3, self, f"kernel_size must have 1-3 dims, got {k}.")
+
+    @property
+    def conv(self) -> Layer:
+        """The plain continual convolution the adapted kernel runs in."""
+        m = self.module
+        nd = len(m.kernel_size)
+        return _CONVS[nd](
+            self.in_channels,
+            m.features,
+            tuple(m.kernel_size),
+            stride=tuple(m.strides or (1,) * nd),
+            padding=tuple(m.padding or (0,) * nd),
+            groups=m.feature_group_count,
+            bias=m.use_bias,
+            temporal_fill=self.temporal_fill,
+        )
+
+    # temporal metadata: the convolution's
+    @property
+    def receptive_field(self) -> int:
+        return self.conv.receptive_field
+
+    @property
+    def stride(self) -> int:
+        return self.conv.stride
+
+    @property
+    def padding(self) -> int:
+        return self.conv.padding
+
+    def init(self, key: Array) -> Params:
+        dummy = jnp.zeros((1, *self.module.kernel_size, self.in_channels), jnp.float32)
+        return jax.tree_util.tree_map(lambda a: a, dict(self.module.init(key, dummy)))
+
+    def conv_params(self, params: Params) -> Params:
+        """The masked adapted kernel (and bias) in the layout of `self.conv`."""
+        p, masks = params["params"], params["masks"]
+        mask = _kernel_mask(masks["in"], masks["out"], self.module.feature_group_count)
+        out = {"kernel": jnp.where(mask, adapted_kernel(p), 0.0)}
+        if self.module.use_bias:
+            out["bias"] = jnp.where(masks["out"], p["bias"], 0.0)
+        return out
+
+    def trainable(self, params: Params) -> Params:
+        return {
+            "params": {name: name != "kernel" for name in params["params"]},
+            "masks": jax.tree_util.tree_map(lambda _: False, params["masks"]),
+        }
+
+    def check_frame(self, frame: Any) -> None:
+        self.conv.check_frame(frame)
+
+    def forward(self, params: Params, clip: Array) -> Array:
+        return self.conv.forward(self.conv_params(params), clip)
+
+    def init_state(self, params: Params, frame: Any):
+        return self.conv.init_state(self.conv_params(params), frame)
+
+    def step(self, params: Params, state, frame: Array):
+        return self.conv.step_unchecked(self.conv_params(params), state, frame)
+
+    def flush(self, params: Params, state, frame: Any):
+        return self.conv.flush(self.conv_params(params), state, frame)

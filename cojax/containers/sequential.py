@@ -32,7 +32,9 @@ def named_children(layers: Sequence[Any], owner: str, children: Any = None) -> C
             raise TypeError(
                 f"{owner}: child {name!r} is a {type(layer).__name__}, not a cojax layer. "
                 "Wrap plain functions in co.Lambda(fn); convert torch modules with "
-                "conversion.from_continual."
+                "conversion.from_continual; continual Flax modules with co.from_flax(module); "
+                "SPLoRAConv / SPPaRAConv adapters with "
+                "cojax.adapters.AdapterConv(module, in_channels)."
             )
     if len({n for n, _ in pairs}) != len(pairs):
         raise ValueError(f"{owner}: child names must be unique, got {[n for n, _ in pairs]}.")
