@@ -464,6 +464,19 @@ class Layer:
         return self.receptive_field - 1 - self.padding
 
     @property
+    def alignment(self) -> int | None:
+        """Which input frame an output stands for: the output emitted at step t stands
+        for input frame `t - alignment`. Separate from `delay` (the warm-up before the
+        first output): a single-output attention emits after `sequence_len - 1` frames
+        but stands for its query's token. A layer that keeps the clip length
+        (`receptive_field == 2 * padding + 1`) stands for the frame `delay` back, the
+        centre of its window; one that shortens the clip declares it, or has None (then
+        `Residual` needs an explicit `residual_shrink`)."""
+        if self.receptive_field - 2 * self.padding == 1:
+            return self.delay
+        return None
+
+    @property
     def finite_memory(self) -> bool:
         """False where an output depends on the whole stream so far (recurrent layers):
         then `receptive_field` is not the span of frames an output depends on."""

@@ -187,3 +187,26 @@ def test_bad_configs_and_inputs_raise():
         layer.forward(params, jnp.zeros((N - 1, E)))
     with pytest.raises(ValueError, match="one dimension too many"):
         layer.step(params, layer.init_state(params, jnp.zeros((E,))), jnp.zeros((2, E)))
+
+
+@pytest.mark.parametrize("query_index", list(range(-3, 3)))
+def test_residual_adds_the_token_the_output_stands_for(query_index):
+    """`alignment`: a single-output attention stands for its query's token, so
+    `Residual` adds that token (continual-inference's Residual adds the query token);
+    the delay (warm-up) stays N - 1. Checked against the plain computation."""
+    import cojax as co
+
+    N = 3
+    attention = co.SingleOutputMultiheadAttention(4, 2, N, query_index=query_index)
+    position = query_index % N
+    assert attention.delay == N - 1 and attention.alignment == N - 1 - position
+    layer = co.Residual(attention)
+    params = layer.init(jax.random.PRNGKey(0))
+    clip = jax.random.normal(jax.random.PRNGKey(1), (9, 4))
+    attended = attention.forward(params["1"], clip)
+    expected = attended + clip[position : position + attended.shape[0]]
+    np.testing.assert_allclose(layer.forward(params, clip), expected, atol=1e-5)
+    verify_contract(layer, (4,), params=params)
+    # Composed: a per-frame layer before it keeps the alignment; a Delay adds to it.
+    assert co.Sequential(co.Linear(4, 4), attention).alignment == attention.alignment
+    assert co.Sequential(co.Delay(2), attention).alignment == attention.alignment + 2

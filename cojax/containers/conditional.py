@@ -69,6 +69,11 @@ class Conditional(Layer):
         return self.on_true.stride
 
     @property
+    def alignment(self) -> int | None:
+        a, b = self.on_true.alignment, self.on_false.alignment
+        return a if a == b else None
+
+    @property
     def padding(self) -> int:
         return max(self.on_true.padding, self.on_false.padding)
 

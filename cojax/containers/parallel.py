@@ -78,6 +78,12 @@ class _Branches(Container):
         return max(layer.delay for _, layer in self.children)
 
     @property
+    def alignment(self) -> int | None:
+        """The branches' common alignment; None when they stand for different frames."""
+        found = {layer.alignment for _, layer in self.children}
+        return found.pop() if len(found) == 1 else None
+
+    @property
     def receptive_field(self) -> int:
         return max(layer.receptive_field for _, layer in self.children)
 
@@ -344,6 +350,17 @@ class BroadcastReduce(_Branches):
 RESIDUAL_SHRINKS = (False, True, "centered", "lagging", "leading")
 
 
+def _aligned_shortcut(delay: int, alignment: int, fill: str) -> Layer:
+    """Input frame `t - alignment` at step `t >= delay`; on a clip `clip[delay - a : T - a]`."""
+    if not 0 <= alignment <= delay:
+        raise ValueError(f"Residual: alignment {alignment} outside [0, delay {delay}].")
+    lag = Delay(alignment, fill, auto_shrink="lagging")
+    if alignment == delay:
+        return lag
+    skip = Skip(delay - alignment)
+    return skip if alignment == 0 else Sequential(skip, lag)
+
+
 def Residual(  # noqa: N802  (a constructor, named like the layer it builds)
     module: Layer,
     temporal_fill: str | None = None,
@@ -353,9 +370,12 @@ def Residual(  # noqa: N802  (a constructor, named like the layer it builds)
     """`module(x) + x` with the skip path delayed to line up with `module`.
 
     Plain: skip path `Delay(module.delay)`. When `module` shortens the clip (its
-    receptive field is not `2·padding + 1`), `residual_shrink` picks which input frame
-    each output adds: "centered"/True (`Delay(delay // 2)`, delay must be even),
-    "lagging" (the oldest frame of the window), "leading" (the newest: `Skip(delay)`).
+    receptive field is not `2·padding + 1`), each output adds the input frame the
+    module's output stands for, `module.alignment` (e.g. a single-output attention's
+    query token: the newest for `query_index=-1`, as continual-inference's Residual
+    does); `residual_shrink` overrides it, or is needed when the module declares no
+    alignment: "centered"/True (`Delay(delay // 2)`, delay must be even), "lagging"
+    (the oldest frame of the window), "leading" (the newest: `Skip(delay)`).
     `module` must have temporal stride 1.
     """
     if not isinstance(module, Layer):
@@ -373,6 +393,9 @@ def Residual(  # noqa: N802  (a constructor, named like the layer it builds)
     delay = module.delay
     if module.receptive_field - 2 * module.padding == 1:
         residual_shrink = False
+    elif residual_shrink is False and module.alignment is not None:
+        shortcut = _aligned_shortcut(delay, module.alignment, fill)
+        return BroadcastReduce(shortcut, module, reduce=reduce, auto_delay=False)
     if residual_shrink in (True, "centered"):
         if delay % 2:
             raise ValueError(

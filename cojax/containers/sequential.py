@@ -123,6 +123,17 @@ class Sequential(Container):
             s *= layer.stride
         return d
 
+    @property
+    def alignment(self) -> int | None:
+        """Composed like `delay`: Σ_i a_i Π_{j<i} s_j; None if a child has none."""
+        a, s = 0, 1
+        for _, layer in self.children:
+            if layer.alignment is None:
+                return None
+            a += layer.alignment * s
+            s *= layer.stride
+        return a
+
     # --- contract -------------------------------------------------------------
     def check_frame(self, frame):
         if self.children:

@@ -270,6 +270,12 @@ class SingleOutputMultiheadAttention(_WindowAttention):
         """The selected query's position in its window, 0 (oldest) … N - 1 (newest)."""
         return self.query_index % self.sequence_len
 
+    @property
+    def alignment(self) -> int:
+        """The output stands for its query's token: `N - 1 - query_position` frames
+        before the newest (0 for the default `query_index=-1`)."""
+        return self.sequence_len - 1 - self.query_position
+
     def forward(self, params: Params, clip: Array) -> Array:
         N, p = self.sequence_len, self.query_position
         q, k, v = project_qkv(params, clip, self.num_heads)

@@ -61,6 +61,11 @@ class Delay(Layer):
         return self.delay_frames + 1
 
     @property
+    def alignment(self) -> int:
+        """The output at step t is input frame t - delay, whatever the shrink."""
+        return self.delay_frames
+
+    @property
     def _centered(self) -> bool:
         return self.auto_shrink is True or self.auto_shrink == "centered"
 

@@ -189,6 +189,11 @@ class SingleOutputTransformerEncoderLayer(_EncoderBlock):
         super().__post_init__()
         self.attention  # noqa: B018  (validates query_index)
 
+    @property
+    def alignment(self) -> int:
+        """The output stands for the query's token (its residual adds that token)."""
+        return self.attention.alignment
+
     def forward(self, params: Params, clip: Array) -> Array:
         attention = self.attention
         attended = attention.forward(params["self_attn"], self._attention_input(params, clip))
