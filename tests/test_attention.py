@@ -206,7 +206,8 @@ def test_residual_adds_the_token_the_output_stands_for(query_index):
     attended = attention.forward(params["1"], clip)
     expected = attended + clip[position : position + attended.shape[0]]
     np.testing.assert_allclose(layer.forward(params, clip), expected, atol=1e-5)
-    verify_contract(layer, (4,), params=params)
+    if query_index in (-1, 0, 1):  # the three shortcut forms: Skip, Delay, Skip + Delay
+        verify_contract(layer, (4,), params=params)
     # Composed: a per-frame layer before it keeps the alignment; a Delay adds to it.
     assert co.Sequential(co.Linear(4, 4), attention).alignment == attention.alignment
     assert co.Sequential(co.Delay(2), attention).alignment == attention.alignment + 2
