@@ -171,6 +171,11 @@ class FlaxLayer(Layer):
     def receptive_field(self) -> int:
         return self.window
 
+    @property
+    def channels(self) -> int:
+        """The frame's channel count (its last axis)."""
+        return self.frame_shape[-1]
+
     def init(self, key: Array) -> Params:
         dummy = jnp.zeros((self.window, *self.frame_shape), jnp.float32)
         return dict(self.module.init(key, dummy))

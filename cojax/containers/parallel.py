@@ -350,6 +350,11 @@ class BroadcastReduce(_Branches):
 RESIDUAL_SHRINKS = (False, True, "centered", "lagging", "leading")
 
 
+def _shortens(module: Layer, n: int = 10_000) -> bool:
+    """Whether `forward` returns fewer frames than it is given (e.g. not a plain Delay)."""
+    return module.output_length(n) != n
+
+
 def _aligned_shortcut(delay: int, alignment: int, fill: str) -> Layer:
     """Input frame `t - alignment` at step `t >= delay`; on a clip `clip[delay - a : T - a]`."""
     if not 0 <= alignment <= delay:
@@ -393,7 +398,7 @@ def Residual(  # noqa: N802  (a constructor, named like the layer it builds)
     delay = module.delay
     if module.receptive_field - 2 * module.padding == 1:
         residual_shrink = False
-    elif residual_shrink is False and module.alignment is not None:
+    elif residual_shrink is False and module.alignment is not None and _shortens(module):
         shortcut = _aligned_shortcut(delay, module.alignment, fill)
         return BroadcastReduce(shortcut, module, reduce=reduce, auto_delay=False)
     if residual_shrink in (True, "centered"):
