@@ -69,11 +69,6 @@ PoolState = WindowState | MaskedWindowState
 # --------------------------------------------------------------------------- helpers
 
 
-def _as_tuple(layer: Layer, what: str, value: int | Sequence[int], n: int, minimum: int):
-    """An int or `n` ints (each >= `minimum`) -> a tuple of `n` ints."""
-    return as_int_tuple(layer, what, value, n, minimum)
-
-
 def _out_size(n: int, k: int, s: int, p: int, d: int) -> int:
     """Output length of a window (kernel k, stride s, padding p, dilation d) over n."""
     return (n + 2 * p - d * (k - 1) - 1) // s + 1
@@ -300,10 +295,10 @@ class _WindowPoolNd(_Pool):
         padding = field_alias(self, "padding", padding, 0, "padding_nd", fields[1])
         dilation = field_alias(self, "dilation", dilation, 1, "dilation_nd", fields[2])
         n = self.num_dims
-        k = _as_tuple(self, "kernel_size", kernel_size, n, 1)
-        s = k if stride is None else _as_tuple(self, "stride", stride, n, 1)
-        p = _as_tuple(self, "padding", padding, n, 0)
-        d = _as_tuple(self, "dilation", dilation, n, 1)
+        k = as_int_tuple(self, "kernel_size", kernel_size, n, 1)
+        s = k if stride is None else as_int_tuple(self, "stride", stride, n, 1)
+        p = as_int_tuple(self, "padding", padding, n, 0)
+        d = as_int_tuple(self, "dilation", dilation, n, 1)
         for name, value in zip(
             ("kernel_size", "stride_nd", "padding_nd", "dilation_nd"), (k, s, p, d)
         ):
