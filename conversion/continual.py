@@ -5,7 +5,9 @@ containers keep their children's names (an `OrderedDict` name in a `co.Sequentia
 is the cojax child name), so `params` is a nested dict whose keys follow torch's module
 paths. The delays that the reference inserted to align branches (its
 `co.Sequential(module, co.Delay(n))` wrappers) are already part of the torch tree, so
-cojax containers are built with `auto_delay=False` and nothing is added twice.
+cojax containers take the branches as converted (`children=`) and nothing is added
+twice; only a residual shortcut beside a branch that shortens the clip gets the `Skip`
+that lines its clip up (`_line_up_shortcuts`).
 
 Layout: torch `(B, C, T, *S)` <-> cojax one stream `(T, *S, C)`. Torch is imported
 lazily; `cojax` itself never imports it. Every layer is converted in inference form
@@ -37,6 +39,7 @@ from cojax.containers import (
     Reduce,
     Sequential,
 )
+from cojax.containers.parallel import align_by_alignment
 from cojax.core import Layer
 from cojax.layers import closure, conv, pool, recurrent
 from cojax.layers.delay import Delay, Skip
@@ -226,15 +229,51 @@ def _sequential(module: Any, path: str, ctx: _Context) -> Converted:
     return Sequential(layers), params
 
 
+def _line_up_shortcuts(layers: dict, params: dict) -> tuple[dict, dict]:
+    """The reference's branches in step mode as they are, with a clip `forward` too.
+
+    The reference aligns a residual's `Delay(k)` shortcut with a branch that shortens
+    the clip (a single-output attention reports its query's offset, k, as its delay):
+    step t adds input frame t - k to the window ending at t. cojax's attention has the
+    same alignment k but a delay (warm-up) of `sequence_len - 1`, so the shortcut
+    becomes `Delay(k, auto_shrink="lagging")` plus a `Skip` up to that warm-up: the same
+    step outputs, and `forward` returns clips of one length. Only when every branch
+    then stands for the same frame and only parameter-free branches change (the
+    params keep torch's module paths); otherwise the branches are kept as converted.
+    """
+    n = 10_000
+    if not any(layer.output_length(n) < n for layer in layers.values()):
+        return layers, params
+    swapped = {
+        name: Delay(layer.delay_frames, layer.temporal_fill, auto_shrink="lagging")
+        if isinstance(layer, Delay) and not layer.auto_shrink
+        else layer
+        for name, layer in layers.items()
+    }
+    if len({layer.alignment for layer in swapped.values()}) != 1:
+        return layers, params
+    aligned = align_by_alignment(tuple(swapped.items()))
+    if aligned is None:
+        return layers, params
+    aligned = dict(aligned)
+    changed = [name for name in layers if aligned[name] is not swapped[name]]
+    if any(jax.tree_util.tree_leaves(params[name]) for name in changed):
+        return layers, params
+    params = dict(params)
+    for name in changed:
+        params[name] = {child: {} for child, _ in aligned[name].children}
+    return aligned, params
+
+
 def _parallel(module: Any, path: str, ctx: _Context) -> Converted:
-    layers, params = _children(module, path, ctx)
-    return Parallel(layers, auto_delay=False), params
+    layers, params = _line_up_shortcuts(*_children(module, path, ctx))
+    return Parallel(children=tuple(layers.items())), params
 
 
 def _broadcast_reduce(module: Any, path: str, ctx: _Context) -> Converted:
-    layers, params = _children(module, path, ctx)
+    layers, params = _line_up_shortcuts(*_children(module, path, ctx))
     reduce = _reduction(module, path, ctx)
-    return BroadcastReduce(layers, reduce=reduce, auto_delay=False), params
+    return BroadcastReduce(children=tuple(layers.items()), reduce=reduce), params
 
 
 def _reduce(module: Any, path: str, ctx: _Context) -> Converted:

@@ -68,6 +68,9 @@ CATALOGUE = [
     co.SingleOutputMultiheadAttention(4, 2, 5),
     co.Sequential(co.Conv1d(3, 4, 3), co.ReLU(), co.Linear(4, 2)),
     co.BroadcastReduce(co.Conv1d(3, 4, 3), co.Conv1d(3, 4, 1), reduce="mul"),
+    # Aligned shortcuts (Skip / Delay added at construction) are not added twice.
+    co.Residual(co.SingleOutputMultiheadAttention(4, 2, 3, query_index=-2)),
+    co.Parallel(co.Identity(), co.SingleOutputMultiheadAttention(4, 2, 3)),
 ]
 
 

@@ -226,6 +226,41 @@ def test_continual_encoder_layers_and_attentions_convert():
             np.testing.assert_allclose(_stream(layer, params, x[b]), out[b].numpy(), atol=3e-6)
 
 
+@pytest.mark.parametrize("query_index", [-1, -2, 0])
+def test_converted_and_hand_built_residual_attention_align_like_the_reference(query_index):
+    """continual-inference's `Residual(SingleOutputMultiheadAttention)` adds the query
+    token (its attention reports the query's offset as its delay). Converted, the
+    network steps exactly like the reference and now also has a clip `forward` (the
+    shortcut gets a `Skip` to the attention's warm-up); a hand-built `co.Residual` and
+    `co.BroadcastReduce(co.Identity(), attention)` (aligned by `alignment`) give the
+    same outputs from the same weights."""
+    import continual as coref
+
+    torch.manual_seed(10)
+    attention = coref.SingleOutputMultiheadAttention(
+        E, H, sequence_len=N, batch_first=True, query_index=query_index
+    )
+    reference = coref.Residual(attention).eval()
+    x = _streams(seed=11, batch=1)[0]  # (T, E)
+    with torch.no_grad():
+        steps = [reference.forward_step(x[None, t]) for t in range(x.shape[0])]
+    expected = np.stack([y[0].numpy() for y in steps if isinstance(y, torch.Tensor)])
+    layer, params = from_continual(reference)
+    np.testing.assert_allclose(_stream(layer, params, x), expected, atol=3e-6)
+    with jax.default_matmul_precision("highest"):
+        clip = jnp.asarray(x.numpy())
+        np.testing.assert_allclose(layer.forward(params, clip), expected, atol=3e-6)
+        ours = co.SingleOutputMultiheadAttention(E, H, N, query_index=query_index)
+        hand = co.Residual(ours)
+        hand_params = hand.init(jax.random.PRNGKey(0)) | {"1": params["1"]}
+        np.testing.assert_allclose(hand.forward(hand_params, clip), expected, atol=3e-6)
+        branches = co.BroadcastReduce(co.Identity(), ours)
+        assert branches.alignment == ours.alignment and branches.delay == N - 1
+        branch_params = branches.init(jax.random.PRNGKey(0)) | {"1": params["1"]}
+        np.testing.assert_allclose(branches.forward(branch_params, clip), expected, atol=3e-6)
+        np.testing.assert_allclose(_stream(branches, branch_params, x), expected, atol=3e-6)
+
+
 def test_recycling_positional_encoding_converts_inside_a_network():
     import continual as coref
 

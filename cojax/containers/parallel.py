@@ -43,11 +43,48 @@ def _align_delays(children: Children, auto_delay: bool, owner: str) -> Children:
         )
     if not auto_delay:
         return children
+    aligned = align_by_alignment(children)
+    if aligned is not None:
+        return aligned
     top = max(layer.delay for _, layer in children)
     return tuple(
         (name, layer if layer.delay == top else Sequential(layer, Delay(top - layer.delay)))
         for name, layer in children
     )
+
+
+def _unpadded(layer: Layer, n: int = 10_000) -> bool:
+    """Declares its alignment and `forward` returns `n - delay` frames (no padding)."""
+    return layer.alignment is not None and layer.output_length(n) == n - layer.delay
+
+
+def align_by_alignment(children: Children) -> Children | None:
+    """Line branches up by the frame each output stands for (`alignment`), not by delay.
+
+    Used when every branch is unpadded (`forward` returns `T - delay` frames) and one
+    has a delay, e.g. `BroadcastReduce(Identity(), SingleOutputMultiheadAttention(...))`
+    with the attention standing for its query token. Branch i (delay d, alignment a)
+    gets `Skip(D - d - (A - a))` then `Delay(A - a, auto_shrink="lagging")` with
+    A = max a and D = max (d + A - a): at step t >= D every branch emits the output
+    for input frame t - A, and every clip output has `T - D` frames. None when the
+    rule does not apply (padded or undeclared branches keep the delay rule).
+    """
+    layers = [layer for _, layer in children]
+    if not all(_unpadded(layer) for layer in layers) or all(layer.delay == 0 for layer in layers):
+        return None
+    top_alignment = max(layer.alignment for layer in layers)
+    top_delay = max(layer.delay + top_alignment - layer.alignment for layer in layers)
+    aligned = []
+    for name, layer in children:
+        lag = top_alignment - layer.alignment
+        skip = top_delay - layer.delay - lag
+        parts = [layer]
+        if skip:
+            parts.append(Skip(skip))
+        if lag:
+            parts.append(Delay(lag, auto_shrink="lagging"))
+        aligned.append((name, layer if len(parts) == 1 else Sequential(*parts)))
+    return tuple(aligned)
 
 
 def _compact(ys, valid):
@@ -186,13 +223,18 @@ def _pad_one(tree):
 class Parallel(_Branches):
     """Apply branch i to stream i of a tuple input; outputs a tuple.
 
-    With `auto_delay` (default) shorter branches get a trailing `Delay` so all emit in
-    step. All branches must share one temporal stride.
+    With `auto_delay` (default) the branches are lined up: by the input frame each
+    output stands for when every branch is unpadded and declares it
+    (`align_by_alignment`), otherwise shorter branches get a trailing `Delay` so all
+    emit in step. `children=` (the field spelling that `repr` and
+    `dataclasses.replace` use) takes the branches exactly as given. All branches must
+    share one temporal stride.
     """
 
     children: Children
 
     def __init__(self, *layers: Any, auto_delay: bool = True, children: Children | None = None):
+        auto_delay = auto_delay and children is None  # the field spelling is already aligned
         children = named_children(layers, "Parallel", children)
         object.__setattr__(self, "children", _align_delays(children, auto_delay, "Parallel"))
 
@@ -318,7 +360,9 @@ def _dispatch(mapping, xs):
 @dataclasses.dataclass(frozen=True, init=False)
 class BroadcastReduce(_Branches):
     """Feed one input to every branch and reduce their outputs:
-    `Sequential(Broadcast(), Parallel(*branches), Reduce(reduce))` in one layer."""
+    `Sequential(Broadcast(), Parallel(*branches), Reduce(reduce))` in one layer.
+
+    `auto_delay` and `children=` as in `Parallel`."""
 
     children: Children
     reduce: str | Callable
@@ -330,6 +374,7 @@ class BroadcastReduce(_Branches):
         auto_delay: bool = True,
         children: Children | None = None,
     ):
+        auto_delay = auto_delay and children is None  # the field spelling is already aligned
         children = named_children(layers, "BroadcastReduce", children)
         if len(children) < 2:
             raise ValueError("BroadcastReduce: pass at least two branches.")
