@@ -35,6 +35,7 @@ from cojax.layers.attention import (
 from cojax.layers.closure import Add, Constant, Identity, Lambda, Multiply, One, Reshape, Zero
 from cojax.layers.conv import Conv1d, Conv2d, Conv3d
 from cojax.layers.delay import Delay, Skip
+from cojax.layers.graph import AdaptiveGraphConv, GraphConv, SpatialAttention
 from cojax.layers.linear import Linear
 from cojax.layers.nystrom import ContinualNystromAttention, NystromAttention, NystromLayer
 from cojax.layers.pointwise import (

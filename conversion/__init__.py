@@ -10,7 +10,14 @@ transformer encoder into its continual form; `from_sp_adapters(module)` converts
 
 from conversion.continual import from_continual
 from conversion.sp_adapters import from_sp_adapters
+from conversion.stgcn import load_stgcn
 from conversion.transformer import from_torch_transformer
 from conversion.x3d import load_x3d
 
-__all__ = ["from_continual", "from_sp_adapters", "from_torch_transformer", "load_x3d"]
+__all__ = [
+    "from_continual",
+    "from_sp_adapters",
+    "from_torch_transformer",
+    "load_stgcn",
+    "load_x3d",
+]
