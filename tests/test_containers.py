@@ -87,6 +87,18 @@ def test_parallel_auto_delay_inserts_delays():
     assert net.delay == 2 and net.receptive_field == 5
 
 
+@pytest.mark.parametrize("padding", [2, 1])  # delay 2 (divides by the stride) and 3
+def test_auto_delay_counts_a_strided_branch_at_its_output_rate(padding):
+    """A trailing Delay after a stride-2 branch counts 2 input frames per step, so the
+    shorter branch gets Delay(gap / 2) after it, or Delay(gap) before it when the gap
+    is odd; both branches then emit for the same frames (harness)."""
+    short, long = Conv1d(2, 2, 1, stride=2), Conv1d(2, 2, 5, stride=2, padding=padding)
+    net = co.BroadcastReduce(short, long)
+    assert [layer.delay for _, layer in net.children] == [long.delay, long.delay]
+    if padding == 2:  # clip lengths agree, so forward exists: the full contract
+        verify_contract(net, (2,))
+
+
 def test_strided_child_gaps_never_reach_later_children():
     # A Delay after a stride-2 conv must only see the conv's real outputs: its
     # stream equals the conv's valid outputs shifted by one, with no zeros between.

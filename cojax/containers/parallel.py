@@ -47,10 +47,18 @@ def _align_delays(children: Children, auto_delay: bool, owner: str) -> Children:
     if aligned is not None:
         return aligned
     top = max(layer.delay for _, layer in children)
-    return tuple(
-        (name, layer if layer.delay == top else Sequential(layer, Delay(top - layer.delay)))
-        for name, layer in children
-    )
+    return tuple((name, _delayed(layer, top - layer.delay)) for name, layer in children)
+
+
+def _delayed(layer: Layer, frames: int) -> Layer:
+    """`layer` with `frames` more input frames of delay. A trailing `Delay` counts at
+    the layer's output rate (`stride` input frames each), so a strided layer gets
+    `Delay(frames // stride)` after it when that divides, else `Delay(frames)` before."""
+    if frames == 0:
+        return layer
+    if frames % layer.stride == 0:
+        return Sequential(layer, Delay(frames // layer.stride))
+    return Sequential(Delay(frames), layer)
 
 
 def _unpadded(layer: Layer, n: int = 10_000) -> bool:
