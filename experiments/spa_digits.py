@@ -43,7 +43,7 @@ Channels pruned earlier stay pruned (their score is -inf and the masks are ANDed
 "% pruned weights" = the fraction of the conv weights (3·3·in·out entries of the three
 kernels, biases and head excluded) removed, counting input channels removed upstream:
 pruning an output channel of one conv also removes its input column in the next one.
-`chain_channel_masks` counts that cascade and stops at the first masks that reach the
+`cojax.adapters.chain.prune_to` counts that cascade and stops at the first masks that reach the
 target (the achieved value is reported). The
 default scope is "layer" (each conv pruned by the same fraction: one global magnitude
 threshold across layers of different fan-in can empty a layer down to one channel);
@@ -51,7 +51,8 @@ threshold across layers of different fan-in can empty a layer down to one channe
 
 Masks apply in the forward pass (masks collection "in"/"out"; each conv's "in" mask is
 its producer's "out" mask). After training, every pruned model is exported with
-`fuse_conv` chained via `input_keep` (plus the head's kept rows) and the physically
+`cojax.adapters.chain.export` (`fuse_conv` chained via `input_keep`, plus the head's
+kept rows) and the physically
 smaller plain network runs on the target test split: its predictions must equal the
 masked model's (the max |Δlogit| is reported), and its stored size is reported.
 
@@ -59,7 +60,8 @@ Seeds (`--seeds`, default 0 1 2) vary the source pretraining, the new head, the 
 init and the batch order; the split stays fixed. Accuracy: mean ± sample std over seeds.
 
     .venv/bin/python experiments/spa_digits.py [--criterion magnitude|gradient|taylor]
-        [--scope layer|global] [--methods finetune splora sppara] [--quick]
+        [--scope layer|global] [--methods finetune splora sppara] [--widths 32 64 64]
+        [--quick]
 
 Writes experiments/results/spa_digits.json, .md (table + verdict computed from the
 numbers) and .png. `--quick` (1 seed, 1-2 epochs per phase) writes nothing unless
@@ -86,21 +88,17 @@ import optax
 from jax import lax
 from tqdm.auto import tqdm
 
-from cojax.adapters import (
-    SPLoRAConv,
-    SPPaRAConv,
-    adapted_kernel,
-    adapter_labels,
-    fuse_conv,
-    splora_parameter_count,
-    sppara_parameter_count,
+from cojax.adapters import SPLoRAConv, SPPaRAConv, adapter_labels
+from cojax.adapters.chain import (
+    Masks,
+    adapted_kernels,
+    chain_masks,
+    export,
+    kernel_sparsity,
+    learned_parameters,
+    prune_to,
 )
-from cojax.adapters.pruning import (
-    CRITERIA,
-    chain_channel_masks,
-    chain_sparsity,
-    channel_scores,
-)
+from cojax.adapters.pruning import CRITERIA, channel_scores
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # The paper (arXiv 2211.10155): channel-SPA vs pruning + fine-tuning, accuracy points
@@ -117,7 +115,6 @@ POOL_AFTER = 1  # 2×2 max pool after this conv
 NUM_CLASSES = 5
 
 Params = dict[str, Any]
-Masks = dict[str, dict[str, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -230,17 +227,8 @@ def make_model(method: str, cfg: Config) -> DigitsCNN:
     return DigitsCNN("sppara" if method == "sppara" else "splora", cfg.widths, cfg.rank)
 
 
-def chain_masks(out_masks: Mapping[str, np.ndarray], in_channels: int = 1) -> Masks:
-    """Masks collection: each conv's "in" mask is its producer's "out" mask."""
-    masks, producer = {}, np.ones(in_channels, bool)
-    for name, out in out_masks.items():
-        masks[name] = {"in": producer, "out": np.asarray(out, bool)}
-        producer = masks[name]["out"]
-    return masks
-
-
 def full_masks(cfg: Config) -> Masks:
-    return chain_masks({n: np.ones(w, bool) for n, w in zip(conv_names(cfg), cfg.widths)})
+    return chain_masks({n: np.ones(w, bool) for n, w in zip(conv_names(cfg), cfg.widths)}, 1)
 
 
 # --------------------------------------------------------------------------- training
@@ -364,38 +352,12 @@ def target_init(trainer: Trainer, source_params: Params, seed: int, cfg: Config)
 # --------------------------------------------------------------------------- pruning
 
 
-def adapted_kernels(params: Params, masks: Masks, names: Sequence[str]) -> dict[str, np.ndarray]:
-    """Each conv's effective kernel: base + centre-tap adapter, pruned entries zero."""
-    out = {}
-    for name in names:
-        keep = masks[name]["in"][:, None] & masks[name]["out"][None, :]
-        out[name] = np.where(keep, np.asarray(adapted_kernel(params[name])), 0.0)
-    return out
-
-
-def conv_sparsity(masks: Masks, cfg: Config) -> float:
-    """Fraction of the conv kernels' weights removed (input channels cascaded)."""
-    outs = {name: m["out"] for name, m in masks.items()}
-    return chain_sparsity(outs, {name: KERNEL * KERNEL for name in masks}, in_channels=1)
-
-
-def prune_to(scores: Mapping[str, np.ndarray], masks: Masks, target: float, cfg: Config) -> Masks:
-    """Masks with at least `target` of the conv weights removed (the cascade counted by
-    `chain_channel_masks`), a superset of the channels already pruned in `masks`."""
-    names = list(masks)
-    before = {n: masks[n]["out"] for n in names}
-    scores = {n: np.where(before[n], scores[n], -np.inf) for n in names}
-    taps = {n: KERNEL * KERNEL for n in names}
-    outs = chain_channel_masks(scores, taps, 1, target, cfg.scope)
-    return chain_masks({n: outs[n] & before[n] for n in names})
-
-
 def channel_importance(
     trainer: Trainer, params: Params, masks: Masks, task: Task, cfg: Config
 ) -> dict[str, np.ndarray]:
     """The criterion's score per output channel of every conv (adapted, masked kernel)."""
     names = conv_names(cfg)
-    kernels = adapted_kernels(params, masks, names)
+    kernels = adapted_kernels(params, masks)
     grads = {n: None for n in names}
     if cfg.criterion != "magnitude":
         g = trainer.grad(params, masks, task.train_x, task.train_y)
@@ -404,19 +366,6 @@ def channel_importance(
 
 
 # --------------------------------------------------------------------------- export, count
-
-
-def export(params: Params, masks: Masks, names: Sequence[str]) -> tuple[list[dict], dict]:
-    """Physically smaller plain network: fused convs chained by `input_keep`, head rows."""
-    convs, producer = [], None
-    for name in names:
-        variables = {"params": params[name], "masks": masks[name]}
-        fused, _, kept_out = fuse_conv(variables, producer)
-        convs.append({k: np.asarray(v) for k, v in fused.items()})
-        producer = np.zeros(len(masks[name]["out"]), bool)
-        producer[kept_out] = True
-    head = params["head"]
-    return convs, {"kernel": np.asarray(head["kernel"])[producer], "bias": np.asarray(head["bias"])}
 
 
 @jax.jit
@@ -430,22 +379,6 @@ def plain_forward(convs: list[dict], head: dict, x: jax.Array) -> jax.Array:
         if i == POOL_AFTER:
             x = max_pool(x)
     return jnp.mean(x, axis=(1, 2)) @ head["kernel"] + head["bias"]
-
-
-def learned_parameters(method: str, params: Params, masks: Masks) -> dict[str, int]:
-    """Learned parameters per layer (the head's kept rows included in every method)."""
-    counts = {}
-    for name, m in masks.items():
-        n_in, n_out = int(m["in"].sum()), int(m["out"].sum())
-        if method == "finetune":
-            counts[name] = KERNEL * KERNEL * n_in * n_out + n_out
-        elif method == "splora":
-            counts[name] = splora_parameter_count({"params": params[name], "masks": m})
-        else:
-            counts[name] = sppara_parameter_count({"params": params[name], "masks": m})
-    last = masks[list(masks)[-1]]["out"]
-    counts["head"] = int(last.sum()) * NUM_CLASSES + NUM_CLASSES
-    return counts
 
 
 # --------------------------------------------------------------------------- one run
@@ -476,7 +409,7 @@ def derive(
     for prune, epochs in schedule(sparsity, cfg):
         if prune is not None:
             scores = channel_importance(trainer, params, masks, target_task, cfg)
-            masks = prune_to(scores, masks, prune, cfg)
+            masks = prune_to(scores, masks, prune, KERNEL * KERNEL, cfg.scope)
         params, opt_state = train_epochs(
             trainer, params, opt_state, masks, target_task, epochs, rng, cfg.batch_size, bar
         )
@@ -490,17 +423,17 @@ def evaluate(
     names = conv_names(cfg)
     masked = np.asarray(trainer.logits(params, masks, task.test_x))
     train_logits = trainer.logits(params, masks, task.train_x)
-    convs, head = export(params, masks, names)
+    convs, head = export(params, masks)
     fused = np.asarray(plain_forward(convs, head, task.test_x))
     diff = float(np.max(np.abs(fused - masked)))
     if not np.array_equal(fused.argmax(-1), masked.argmax(-1)) or diff > 1e-3:
         raise AssertionError(f"exported model disagrees with the masked model: {diff:.2e}")
-    counts = learned_parameters(trainer.method, params, masks)
+    counts = learned_parameters(trainer.method, params, masks, KERNEL * KERNEL)
     base_unchanged = all(np.array_equal(params[n]["kernel"], source[n]["kernel"]) for n in names)
     return {
         "accuracy": accuracy(masked, task.test_y),
         "train_accuracy": accuracy(train_logits, task.train_y),
-        "achieved_sparsity": conv_sparsity(masks, cfg),
+        "achieved_sparsity": kernel_sparsity(masks, KERNEL * KERNEL),
         "kept_channels": {n: int(masks[n]["out"].sum()) for n in names},
         "learned_params": int(sum(counts.values())),
         "learned_params_per_layer": counts,
@@ -861,6 +794,7 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[Config, Path | None
     parser.add_argument("--criterion", choices=CRITERIA, default=defaults.criterion)
     parser.add_argument("--scope", choices=("layer", "global"), default=defaults.scope)
     parser.add_argument("--rank", type=int, default=defaults.rank)
+    parser.add_argument("--widths", type=int, nargs="+", default=list(defaults.widths))
     parser.add_argument("--lr-grid", type=float, nargs="+", default=list(defaults.lr_grid))
     parser.add_argument("--pretrain-lr", type=float, default=defaults.pretrain_lr)
     parser.add_argument("--split-seed", type=int, default=defaults.split_seed)
@@ -879,6 +813,7 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[Config, Path | None
         sparsities=tuple(args.sparsities),
         methods=tuple(dict.fromkeys(args.methods)),
         lr_grid=tuple(args.lr_grid),
+        widths=tuple(args.widths),
         **fields,
     )
     if args.quick:

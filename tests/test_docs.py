@@ -151,3 +151,18 @@ def test_docs_and_docstrings_cite_only_files_in_the_repo():
             outside.append(str(where))
     assert not missing, f"references to files that do not exist: {missing}"
     assert not outside, f"references to the spec files outside the repo: {outside}"
+
+
+def test_tests_do_not_import_experiments():
+    """What a test needs lives in the library; experiments are run as scripts."""
+    experiments = {p.stem for p in (ROOT / "experiments").glob("*.py")}
+    offenders = []
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        text = path.read_text()
+        imported = set(re.findall(r"^\s*(?:from|import)\s+([\w.]+)", text, re.MULTILINE))
+        roots = {name.split(".")[0] for name in imported}
+        if "experiments" in roots or roots & experiments:
+            offenders.append(path.name)
+        elif re.search(r"sys\.path\.\w+\(.*experiments", text):
+            offenders.append(path.name)
+    assert not offenders, f"tests that import experiments/: {offenders}"
