@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -703,10 +704,25 @@ def output_mask(layer: Layer, mask: Array, ys: PyTree) -> Array:
     return length_mask(layer.output_length(jnp.sum(mask, axis=1)), t_out)
 
 
-def forward_per_clip(layer: Layer, params: Params, clips: PyTree, mask: Array):
-    """`forward` clip by clip with the ragged ends padded: `(ys, out_mask, params)`."""
+def forward_per_clip(
+    layer: Layer,
+    params: Params,
+    clips: PyTree,
+    mask: Array,
+    key: Array | None = None,
+    forward: Callable[[Params, PyTree, Array], PyTree] | None = None,
+):
+    """`forward` clip by clip with the ragged ends padded: `(ys, out_mask, params)`.
+
+    With `forward(params, clip, key)` (a random train-mode forward, e.g. attention
+    dropout) each clip gets its own key split from `key`.
+    """
     clips = fill_invalid(clips, mask, layer.end_fill)
-    ys = jax.vmap(lambda c: layer.forward(params, c))(clips)
+    if forward is None:
+        ys = jax.vmap(lambda c: layer.forward(params, c))(clips)
+    else:
+        keys = jax.random.split(key, mask.shape[0])
+        ys = jax.vmap(lambda c, k: forward(params, c, k))(clips, keys)
     out_mask = output_mask(layer, mask, ys)
     return zero_invalid(ys, out_mask), out_mask, params
 

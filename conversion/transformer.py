@@ -89,6 +89,21 @@ def _block_params(mha: Any, parts: dict[str, Any], path: str) -> dict:
     }
 
 
+def _one_rate(module: Any, path: str, attention: float, *feedforward: float) -> float:
+    """The block's dropout rate: the attention weights' and the feed-forward's must agree
+    (one `dropout` field, as torch's constructor argument)."""
+    rates = {float(attention), *map(float, feedforward)}
+    if len(rates) != 1:
+        raise fail(
+            module,
+            path,
+            f"dropout rates {sorted(rates)} differ between the attention weights and the "
+            "feed-forward: cojax's encoder layers take one rate (and a separate "
+            "attention_output_dropout).",
+        )
+    return rates.pop()
+
+
 def _check_block(module: Any, path: str, norm1: Any, norm2: Any, linear1: Any) -> None:
     if norm1.eps != norm2.eps:
         raise fail(module, path, "norm1 and norm2 have different eps.")
@@ -105,11 +120,12 @@ def continual_mha(module: Any, path: str, ctx: Any = None) -> Converted:
 
     bias = module.in_proj_bias is not None
     config = (module.embed_dim, module.num_heads, int(module.sequence_len))
+    dropout = float(module.dropout)
     if isinstance(module, co.RetroactiveMultiheadAttention):
-        layer: Layer = RetroactiveMultiheadAttention(*config, bias=bias)
+        layer: Layer = RetroactiveMultiheadAttention(*config, bias=bias, dropout=dropout)
     else:
         layer = SingleOutputMultiheadAttention(
-            *config, bias=bias, query_index=int(module.query_index)
+            *config, bias=bias, query_index=int(module.query_index), dropout=dropout
         )
     return layer, mha_params(module, path)
 
@@ -141,7 +157,10 @@ def _reference_layer_parts(module: Any, path: str) -> tuple[Any, dict[str, Any]]
             parts[leaf] = sub
         elif leaf == "activation":
             parts[leaf] = sub
-    missing = {"norm1", "norm2", "linear1", "linear2", "activation"} - set(parts)
+        elif leaf in ("dropout", "dropout2") and isinstance(sub, nn.Dropout):
+            parts[leaf] = sub
+    missing = {"norm1", "norm2", "linear1", "linear2", "activation", "dropout", "dropout2"}
+    missing -= set(parts)
     if missing:
         raise fail(module, path, f"an encoder layer without {sorted(missing)}.")
     return mha, parts
@@ -149,8 +168,10 @@ def _reference_layer_parts(module: Any, path: str) -> tuple[Any, dict[str, Any]]
 
 def _layer_from_parts(mha: Any, parts: dict[str, Any], path: str, query_index: int | None):
     """The cojax encoder layer for a reference layer's parts (retroactive if
-    `query_index` is None)."""
+    `query_index` is None). The reference block has no dropout on the attention output
+    (torch's dropout1): `attention_output_dropout=0`."""
     _check_block(mha, path, parts["norm1"], parts["norm2"], parts["linear1"])
+    rate = _one_rate(mha, path, mha.dropout, parts["dropout"].p, parts["dropout2"].p)
     config = dict(
         d_model=mha.embed_dim,
         nhead=mha.num_heads,
@@ -158,6 +179,8 @@ def _layer_from_parts(mha: Any, parts: dict[str, Any], path: str, query_index: i
         dim_feedforward=parts["linear1"].out_features,
         activation=_activation(parts["activation"], join(path, "activation")),
         layer_norm_eps=parts["norm1"].eps,
+        dropout=rate,
+        attention_output_dropout=0.0,
     )
     if query_index is None:
         layer: Layer = RetroactiveTransformerEncoderLayer(**config)
@@ -236,10 +259,11 @@ def from_torch_transformer(
     if isinstance(module, nn.MultiheadAttention):
         bias = module.in_proj_bias is not None
         config = (module.embed_dim, module.num_heads, sequence_len)
+        extra = dict(bias=bias, dropout=float(module.dropout))
         if retroactive:
-            layer: Layer = RetroactiveMultiheadAttention(*config, bias=bias)
+            layer: Layer = RetroactiveMultiheadAttention(*config, **extra)
         else:
-            layer = SingleOutputMultiheadAttention(*config, bias=bias, query_index=query_index)
+            layer = SingleOutputMultiheadAttention(*config, **extra, query_index=query_index)
         return layer, mha_params(module)
     if isinstance(module, nn.TransformerEncoderLayer):
         layer, params = _torch_layer(module, sequence_len, None if retroactive else query_index)
@@ -265,6 +289,8 @@ def from_torch_transformer(
             norm_first=first.norm_first,
             norm=norm is not None,
             query_index=query_index,
+            dropout=first.dropout,
+            attention_output_dropout=first.attention_output_dropout,
         )
         params = {
             "layers": {str(i): p for i, (_, p) in enumerate(converted)},
@@ -287,6 +313,8 @@ def _config_key(layer: Any) -> tuple:
         layer.activation,
         layer.layer_norm_eps,
         layer.norm_first,
+        layer.dropout,
+        layer.attention_output_dropout,
     )
 
 
@@ -302,7 +330,12 @@ def _torch_layer(module: Any, sequence_len: int, query_index: int | None, path: 
         activation=_activation(module.activation, join(path, "activation")),
         layer_norm_eps=module.norm1.eps,
         norm_first=bool(module.norm_first),
+        dropout=_one_rate(
+            module, path, module.self_attn.dropout, module.dropout.p, module.dropout2.p
+        ),
     )
+    if module.dropout1.p != config["dropout"]:
+        config["attention_output_dropout"] = float(module.dropout1.p)
     if query_index is None:
         layer: Layer = RetroactiveTransformerEncoderLayer(**config)
     else:

@@ -11,7 +11,9 @@ every window of `N = sequence_len` consecutive tokens:
 - `RetroactiveMultiheadAttention`: all N output rows of each window, updated as each
   token arrives: clip `(T, E)` -> `(T - N + 1, N, E)`, step `(E,)` -> `(N, E)`.
 
-Both emit their first output when the N-th token arrives (delay N - 1).
+Both emit their first output when the N-th token arrives (delay N - 1). `dropout`
+(default 0) is torch's dropout on the attention weights: active only in train mode
+(`co.train_forward`); `forward` and `step` are the inference computation.
 
 Retroactive attention (Continual Transformers, Hedegaard et al., ICLR 2023, Sec. 3)
 updates the softmax sums of the N - 1 earlier rows by removing the leaving key and adding
@@ -50,6 +52,7 @@ from cojax.core import (
     check_array,
     check_config,
     check_positive_ints,
+    forward_per_clip,
     new_counter,
     zero_unless,
 )
@@ -103,11 +106,23 @@ def project_out(params: Params, o: Array) -> Array:
     return y
 
 
-def attend(q: Array, k: Array, v: Array) -> Array:
+def drop(x: Array, rate: float, key: Array | None) -> Array:
+    """Train-mode dropout (torch's): each element zeroed with probability `rate`, the
+    rest scaled by 1 / (1 - rate). The identity when `key` is None or `rate` is 0."""
+    if key is None or rate == 0.0:
+        return x
+    if rate == 1.0:
+        return jnp.zeros_like(x)
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
+def attend(q: Array, k: Array, v: Array, dropout: float = 0.0, key: Array | None = None) -> Array:
     """Softmax attention, max-subtracted: q `(..., L, H, d)`, k, v `(..., S, H, d)`
-    -> `(..., L, H, d)`."""
+    -> `(..., L, H, d)`. With a `key`, dropout on the attention weights (torch's
+    `nn.MultiheadAttention(dropout=p)` in train mode)."""
     scores = jnp.einsum("...lhd,...shd->...hls", q, k)
-    weights = jax.nn.softmax(scores, axis=-1)
+    weights = drop(jax.nn.softmax(scores, axis=-1), dropout, key)
     return jnp.einsum("...hls,...shd->...lhd", weights, v)
 
 
@@ -121,6 +136,10 @@ def _windows(x: Array, n: int) -> Array:
     """`(T, ...)` -> `(T - n + 1, n, ...)`: every run of n consecutive entries."""
     index = jnp.arange(x.shape[0] - n + 1)[:, None] + jnp.arange(n)[None, :]
     return x[index]
+
+
+def check_dropout(layer: Any, rate: float) -> None:
+    check_config(0.0 <= rate <= 1.0, layer, f"dropout must be in [0, 1], got {rate}.")
 
 
 def check_window_clip(layer: Any, clip: Any, sequence_len: int) -> None:
@@ -187,9 +206,11 @@ class _WindowAttention(Layer):
     num_heads: int
     sequence_len: int
     bias: bool = True
+    dropout: float = 0.0
 
     def __post_init__(self):
         check_positive_ints(self, "embed_dim", "num_heads", "sequence_len")
+        check_dropout(self, self.dropout)
         check_config(
             self.embed_dim % self.num_heads == 0,
             self,
@@ -227,6 +248,15 @@ class _WindowAttention(Layer):
 
     def _qkv_memory(self, n: int, dtype) -> Array:
         return jnp.zeros((n, self.num_heads, self.head_dim), dtype)
+
+    def forward(self, params: Params, clip: Array) -> Array:
+        return self._forward(params, clip)
+
+    def forward_train(self, params, clips, mask, key):
+        """Train mode: dropout on the attention weights (`dropout`), a key per clip."""
+        if self.dropout == 0.0:
+            return super().forward_train(params, clips, mask, key)
+        return forward_per_clip(self, params, clips, mask, key, self._forward)
 
 
 # --------------------------------------------------------------------------- single output
@@ -276,12 +306,12 @@ class SingleOutputMultiheadAttention(_WindowAttention):
         before the newest (0 for the default `query_index=-1`)."""
         return self.sequence_len - 1 - self.query_position
 
-    def forward(self, params: Params, clip: Array) -> Array:
+    def _forward(self, params: Params, clip: Array, key: Array | None = None) -> Array:
         N, p = self.sequence_len, self.query_position
         q, k, v = project_qkv(params, clip, self.num_heads)
         W = clip.shape[0] - N + 1
         selected = q[p : p + W, None]  # (W, 1, H, d)
-        out = attend(selected, _windows(k, N), _windows(v, N))[:, 0]
+        out = attend(selected, _windows(k, N), _windows(v, N), self.dropout, key)[:, 0]
         return project_out(params, out)
 
     def init_state(self, params: Params, frame: Any) -> SingleOutputState:
@@ -353,10 +383,10 @@ class RetroactiveMultiheadAttention(_WindowAttention):
             "(with one token use SingleOutputMultiheadAttention).",
         )
 
-    def forward(self, params: Params, clip: Array) -> Array:
+    def _forward(self, params: Params, clip: Array, key: Array | None = None) -> Array:
         N = self.sequence_len
         q, k, v = (_windows(a, N) for a in project_qkv(params, clip, self.num_heads))
-        return project_out(params, attend(q, k, v))
+        return project_out(params, attend(q, k, v, self.dropout, key))
 
     def init_state(self, params: Params, frame: Any) -> RetroactiveState:
         dtype = as_spec(frame).dtype

@@ -17,6 +17,11 @@ parameter names: "self_attn" {"in_proj", "out_proj"}, "linear1", "linear2", "nor
   layer; b >= 2 is a retroactive layer, b - 2 ordinary blocks on its N updated tokens,
   and a last block that computes only the query row. Each step equals torch's
   `nn.TransformerEncoder` on the latest window, at that row.
+
+Dropout (`dropout`: the attention weights, after the activation and after linear2;
+`attention_output_dropout`: torch's dropout1, None for the same rate) acts only in
+train mode (`co.train_forward`). cojax's default is 0; torch's is 0.1, and the
+converters copy the module's rates.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from cojax.core import (
     check_array,
     check_config,
     check_positive_ints,
+    forward_per_clip,
     is_int_at_least,
     zero_unless,
 )
@@ -45,7 +51,9 @@ from cojax.layers.attention import (
     RetroactiveMultiheadAttention,
     SingleOutputMultiheadAttention,
     attend,
+    check_dropout,
     check_window_clip,
+    drop,
     project_kv,
     project_out,
     project_q,
@@ -100,9 +108,14 @@ class _EncoderBlock(Layer):
     activation: str | Layer = "relu"
     layer_norm_eps: float = 1e-5
     norm_first: bool = False
+    dropout: float = 0.0
+    attention_output_dropout: float | None = None
 
     def __post_init__(self):
         check_positive_ints(self, "d_model", "nhead", "sequence_len", "dim_feedforward")
+        check_dropout(self, self.dropout)
+        if self.attention_output_dropout is not None:
+            check_dropout(self, self.attention_output_dropout)
         check_config(
             self.d_model % self.nhead == 0,
             self,
@@ -135,14 +148,24 @@ class _EncoderBlock(Layer):
         """What self-attention sees: `norm1(x)` with norm_first, else `x`."""
         return _layer_norm(params["norm1"], x, self.layer_norm_eps) if self.norm_first else x
 
-    def _finish(self, params: Params, x: Array, attended: Array) -> Array:
-        """The block's output rows from its input rows `x` and their attention output."""
+    @property
+    def _attention_output_rate(self) -> float:
+        rate = self.attention_output_dropout
+        return self.dropout if rate is None else rate
+
+    def _finish(self, params: Params, x: Array, attended: Array, key: Array | None = None) -> Array:
+        """The block's output rows from its input rows `x` and their attention output;
+        with a `key`, torch's train-mode dropouts (dropout1 on the attention output,
+        dropout after the activation, dropout2 after linear2)."""
         eps = self.layer_norm_eps
+        keys = (None,) * 3 if key is None else tuple(jax.random.split(key, 3))
+        attended = drop(attended, self._attention_output_rate, keys[0])
 
         def feedforward(h):
-            return _linear(
-                params["linear2"], self.activation.apply({}, _linear(params["linear1"], h))
+            hidden = drop(
+                self.activation.apply({}, _linear(params["linear1"], h)), self.dropout, keys[1]
             )
+            return drop(_linear(params["linear2"], hidden), self.dropout, keys[2])
 
         if self.norm_first:
             h = x + attended
@@ -156,6 +179,17 @@ class _EncoderBlock(Layer):
     def check_clip(self, clip: Any) -> None:
         super().check_clip(clip)
         check_window_clip(self, clip, self.sequence_len)
+
+    def forward_train(self, params, clips, mask, key):
+        """Train mode: torch's dropouts (`dropout`, `attention_output_dropout`), a key
+        per clip."""
+        if self.dropout == 0.0 and self._attention_output_rate == 0.0:
+            return super().forward_train(params, clips, mask, key)
+        return forward_per_clip(self, params, clips, mask, key, self._forward)
+
+
+def _split(key: Array | None) -> tuple[Array | None, Array | None]:
+    return (None, None) if key is None else tuple(jax.random.split(key))
 
 
 class EncoderLayerState(NamedTuple):
@@ -182,7 +216,11 @@ class SingleOutputTransformerEncoderLayer(_EncoderBlock):
     @property
     def attention(self) -> SingleOutputMultiheadAttention:
         return SingleOutputMultiheadAttention(
-            self.d_model, self.nhead, self.sequence_len, query_index=self.query_index
+            self.d_model,
+            self.nhead,
+            self.sequence_len,
+            query_index=self.query_index,
+            dropout=self.dropout,
         )
 
     def __post_init__(self):
@@ -195,10 +233,14 @@ class SingleOutputTransformerEncoderLayer(_EncoderBlock):
         return self.attention.alignment
 
     def forward(self, params: Params, clip: Array) -> Array:
-        attention = self.attention
-        attended = attention.forward(params["self_attn"], self._attention_input(params, clip))
+        return self._forward(params, clip)
+
+    def _forward(self, params: Params, clip: Array, key: Array | None = None) -> Array:
+        attention, (k_attn, k_rest) = self.attention, _split(key)
+        inputs = self._attention_input(params, clip)
+        attended = attention._forward(params["self_attn"], inputs, k_attn)
         p = attention.query_position
-        return self._finish(params, clip[p : p + attended.shape[0]], attended)
+        return self._finish(params, clip[p : p + attended.shape[0]], attended, k_rest)
 
     def init_state(self, params: Params, frame: Any) -> EncoderLayerState:
         spec = as_spec(frame)
@@ -228,16 +270,23 @@ class RetroactiveTransformerEncoderLayer(_EncoderBlock):
 
     @property
     def attention(self) -> RetroactiveMultiheadAttention:
-        return RetroactiveMultiheadAttention(self.d_model, self.nhead, self.sequence_len)
+        return RetroactiveMultiheadAttention(
+            self.d_model, self.nhead, self.sequence_len, dropout=self.dropout
+        )
 
     def __post_init__(self):
         super().__post_init__()
         self.attention  # noqa: B018  (validates sequence_len >= 2)
 
     def forward(self, params: Params, clip: Array) -> Array:
-        attended = self.attention.forward(params["self_attn"], self._attention_input(params, clip))
+        return self._forward(params, clip)
+
+    def _forward(self, params: Params, clip: Array, key: Array | None = None) -> Array:
+        k_attn, k_rest = _split(key)
+        inputs = self._attention_input(params, clip)
+        attended = self.attention._forward(params["self_attn"], inputs, k_attn)
         index = jnp.arange(attended.shape[0])[:, None] + jnp.arange(self.sequence_len)[None]
-        return self._finish(params, clip[index], attended)
+        return self._finish(params, clip[index], attended, k_rest)
 
     def init_state(self, params: Params, frame: Any) -> EncoderLayerState:
         spec = as_spec(frame)
@@ -293,17 +342,23 @@ class WindowTransformerEncoderLayer(_EncoderBlock, FrameLayer):
     def check_clip(self, clip: Any) -> None:
         FrameLayer.check_clip(self, clip)
 
-    def apply(self, params: Params, x: Array) -> Array:
-        inputs = self._attention_input(params, x)
+    def apply(self, params: Params, x: Array, key: Array | None = None) -> Array:
+        """Frames `(..., N, E)`; with a `key`, train mode (dropouts)."""
+        inputs, (k_attn, k_rest) = self._attention_input(params, x), _split(key)
+        attention = params["self_attn"]
         if self.query_index is None:
-            q, k, v = project_qkv(params["self_attn"], inputs, self.nhead)
-            return self._finish(params, x, project_out(params["self_attn"], attend(q, k, v)))
+            q, k, v = project_qkv(attention, inputs, self.nhead)
+            attended = project_out(attention, attend(q, k, v, self.dropout, k_attn))
+            return self._finish(params, x, attended, k_rest)
         # One query row: project its query only (keys and values of all N tokens).
         row = self.query_index % self.sequence_len
-        q = project_q(params["self_attn"], inputs[..., row : row + 1, :], self.nhead)
-        k, v = project_kv(params["self_attn"], inputs, self.nhead)
-        attended = project_out(params["self_attn"], attend(q, k, v))[..., 0, :]
-        return self._finish(params, x[..., row, :], attended)
+        q = project_q(attention, inputs[..., row : row + 1, :], self.nhead)
+        k, v = project_kv(attention, inputs, self.nhead)
+        attended = project_out(attention, attend(q, k, v, self.dropout, k_attn))[..., 0, :]
+        return self._finish(params, x[..., row, :], attended, k_rest)
+
+    def _forward(self, params: Params, clip: Array, key: Array | None = None) -> Array:
+        return self.apply(params, clip, key)
 
 
 # --------------------------------------------------------------------------- encoder
@@ -320,13 +375,17 @@ def TransformerEncoder(  # noqa: N802  (a constructor, named like torch's class)
     norm_first: bool = False,
     norm: bool = False,
     query_index: int = -1,
+    dropout: float = 0.0,
+    attention_output_dropout: float | None = None,
 ) -> Sequential:
     """The continual encoder: `num_layers` blocks, one output token per window.
 
     Step: token `(E,)` -> `(E,)` (the row `query_index` of torch's
     `nn.TransformerEncoder` on the latest N tokens); forward: `(T, E)` ->
     `(T - N + 1, E)`. `norm=True` adds the encoder's final LayerNorm. Params mirror
-    torch's keys: {"layers": {"0": …, "1": …}, "norm": …}. Delay N - 1.
+    torch's keys: {"layers": {"0": …, "1": …}, "norm": …}. Delay N - 1. `dropout`
+    (torch's default is 0.1, cojax's 0) and `attention_output_dropout` (torch's
+    dropout1; None: `dropout`) act in train mode only.
     """
     if not is_int_at_least(num_layers, 1):
         raise ValueError(
@@ -340,6 +399,8 @@ def TransformerEncoder(  # noqa: N802  (a constructor, named like torch's class)
         activation=activation,
         layer_norm_eps=layer_norm_eps,
         norm_first=norm_first,
+        dropout=dropout,
+        attention_output_dropout=attention_output_dropout,
     )
     if num_layers == 1:
         layers: dict[str, Layer] = {
