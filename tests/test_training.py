@@ -457,15 +457,48 @@ def test_other_layers_train_like_torch(name):
     assert tree_err(grads, expected) <= TOL
 
 
-def test_a_converted_instance_norm_refuses_train_mode():
-    """InstanceNorm with running statistics converts to the same inference form as
-    BatchNorm, but trains with per-clip statistics: train_forward says so."""
-    net = cont.Sequential(
-        cont.Conv1d(2, 3, 1), nn.InstanceNorm1d(3, affine=True, track_running_stats=True)
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_a_converted_instance_norm_trains_like_torch(dims):
+    """InstanceNorm with running statistics: the inference form of a BatchNorm, but in
+    train mode each clip is normalised with its own statistics, and the running ones
+    move by the mean over clips (torch's InstanceNorm, track_running_stats=True).
+    Outputs, moved statistics and gradients vs torch; a ragged batch vs torch run on
+    each clip cut to its length."""
+    norm_cls = {1: nn.InstanceNorm1d, 2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}[dims]
+    torch.manual_seed(0)
+    norm = norm_cls(3, affine=True, track_running_stats=True, momentum=0.2)
+    with torch.no_grad():
+        for t in (norm.weight, norm.bias, norm.running_mean):
+            t.normal_()
+        norm.running_var.uniform_(0.5, 2.0)
+    layer, params = from_continual(cont.Sequential(norm).eval())
+    assert layer["0"].instance and not co.BatchNorm1d(3).instance
+    spatial = (4, 3)[: dims - 1]
+    x = np.random.default_rng(0).standard_normal((4, 3, 6, *spatial)).astype(np.float32) * 2 + 1
+    xt = torch.from_numpy(x).requires_grad_()
+    yt = norm.train()(xt)
+    w = np.random.default_rng(1).standard_normal(yt.shape).astype(np.float32)
+    (yt * torch.from_numpy(w)).sum().backward()
+    last = lambda a: np.moveaxis(np.asarray(a), 1, -1)  # noqa: E731
+
+    def loss(p, clips):
+        ys, new = co.train_forward(layer, p, clips, jax.random.PRNGKey(0))
+        return jnp.sum(ys * last(w)), (ys, new)
+
+    (g_params, g_x), (ys, new) = jax.grad(loss, argnums=(0, 1), has_aux=True)(
+        params, jnp.asarray(last(x))
     )
-    layer, params = from_continual(net.eval())
-    assert layer["1"].instance and not co.BatchNorm1d(3).instance
-    clips = jnp.ones((2, 5, 2))
-    layer.forward(params, clips[0])  # eval form works
-    with pytest.raises(ValueError, match="BatchNorm1d: this is a converted InstanceNorm"):
-        co.train_forward(layer, params, clips, jax.random.PRNGKey(0))
+    assert max_err(ys, last(yt.detach().numpy())) <= TOL
+    assert max_err(new["0"]["mean"], norm.running_mean.numpy()) <= TOL
+    assert max_err(new["0"]["var"], norm.running_var.numpy()) <= TOL
+    assert rel_err(g_params["0"]["scale"], norm.weight.grad.numpy()) <= TOL  # sums of 72+ terms
+    assert rel_err(g_params["0"]["bias"], norm.bias.grad.numpy()) <= TOL
+    assert max_err(g_x, last(xt.grad.numpy())) <= TOL
+    assert np.all(np.asarray(g_params["0"]["mean"]) == 0)
+    # ragged: each clip normalised over its own real frames
+    lengths = jnp.array([6, 2, 4, 5])
+    ys, _ = co.train_forward(layer, params, jnp.asarray(last(x)), jax.random.PRNGKey(0), lengths)
+    for b, n in enumerate(np.asarray(lengths)):
+        expected = norm.train()(torch.from_numpy(x[b : b + 1, :, :n])).detach().numpy()
+        assert max_err(np.asarray(ys)[b, :n], last(expected)[0]) <= TOL
+        assert np.all(np.asarray(ys)[b, n:] == 0)

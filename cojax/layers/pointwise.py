@@ -421,9 +421,10 @@ class BatchNorm(FrameLayer):
     `(H, W, C)` like the torch layers' `(B, C, T)`, `(B, C, T, W)`, `(B, C, T, H, W)`.
     In train mode (`cojax.training.train_forward`) it normalises with batch statistics
     and moves "mean"/"var" by `momentum`; they are not trainable (`trainable_mask`).
-    `instance=True` marks a converted torch InstanceNorm with running statistics: the
-    same inference form, but its train mode (statistics per clip) is not BatchNorm's,
-    so `train_forward` refuses it rather than train it as a BatchNorm.
+    `instance=True` is a converted torch InstanceNorm with running statistics: the
+    same inference form; in train mode each clip is normalised with its own
+    statistics over (T, *F), and the running statistics move by the mean over clips of
+    the per-clip statistics (torch's InstanceNorm with `track_running_stats=True`).
     """
 
     num_features: int
@@ -473,16 +474,11 @@ class BatchNorm(FrameLayer):
 
     def forward_train(self, params, clips, mask, key):
         """torch's train mode: normalise with the statistics of the batch's real frames
-        over (B, T, *F), and move the running statistics by `momentum` (running
-        variance unbiased, `n / (n - 1)`). Statistics are accumulated in float32."""
+        over (B, T, *F) (`instance=True`: of each clip's real frames over (T, *F)), and
+        move the running statistics by `momentum` (running variance unbiased,
+        `n / (n - 1)`; for instances the mean over clips of their statistics).
+        Statistics are accumulated in float32."""
         del key
-        check_config(
-            not self.instance,
-            self,
-            "this is a converted InstanceNorm: its train mode normalises each clip with "
-            "its own statistics, which cojax does not implement; train it in torch, or "
-            "replace it by a BatchNorm before training.",
-        )
         check_config(
             self.momentum is not None,
             self,
@@ -493,20 +489,28 @@ class BatchNorm(FrameLayer):
         dtype = clips.dtype
         x = fill_invalid(clips, mask, "zeros").astype(jnp.float32)
         m = mask.reshape(mask.shape + (1,) * (x.ndim - 2)).astype(jnp.float32)
-        axes = tuple(range(x.ndim - 1))
-        n = jnp.sum(m) * (x.size // (m.size * x.shape[-1]))
-        mean = jnp.sum(x * m, axis=axes) / jnp.maximum(n, 1)
-        var = jnp.sum(jnp.square((x - mean) * m), axis=axes) / jnp.maximum(n, 1)
+        per_frame = x.size // (m.size * x.shape[-1])  # locations per frame
+        # statistics over (B, T, *F), or per clip over (T, *F) for an InstanceNorm
+        axes = tuple(range(1 if self.instance else 0, x.ndim - 1))
+        n = jnp.sum(m, axis=axes, keepdims=True) * per_frame
+        mean = jnp.sum(x * m, axis=axes, keepdims=True) / jnp.maximum(n, 1)
+        var = jnp.sum(jnp.square((x - mean) * m), axis=axes, keepdims=True) / jnp.maximum(n, 1)
         y = (x - mean) * jax.lax.rsqrt(var + self.eps)
         if self.affine:
             y = y * params["scale"] + params["bias"]
         new = dict(params)
         unbiased = var * n / jnp.maximum(n - 1, 1)
+        real = (n > 0).astype(jnp.float32)  # clips (or the batch) with real frames
+        count = jnp.sum(real)
+        mean, unbiased = (
+            jnp.sum(a * real, axis=tuple(range(x.ndim - 1))) / jnp.maximum(count, 1)
+            for a in (mean, unbiased)
+        )
         for name, batch in (("mean", mean), ("var", unbiased)):
             old = params[name]
             moved = (1 - self.momentum) * old + self.momentum * batch
             # A batch without real frames (e.g. a branch no clip took) moves nothing.
-            new[name] = jax.lax.stop_gradient(jnp.where(n > 0, moved, old).astype(old.dtype))
+            new[name] = jax.lax.stop_gradient(jnp.where(count > 0, moved, old).astype(old.dtype))
         return zero_invalid(y.astype(dtype), mask), mask, new
 
 
