@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cojax.__main__ import compare, main, moving_pattern, timing_warnings
+from cojax.__main__ import compare, main, moving_pattern, moving_skeletons, timing_warnings
 from cojax.demo_models import init_random, num_params, small_x3d_like
 
 SECTIONS = (
@@ -115,6 +115,41 @@ def test_compare_fails_on_mismatch_or_missing_outputs():
     assert compare(step, valid, clip, delay=1)[2]
     assert not compare(step + 1e-2, valid, clip, delay=1)[2]
     assert not compare(step, np.array([False, False, True]), clip, delay=1)[2]
+
+
+@pytest.mark.slow
+def test_cost_gcn_demo_runs_and_passes(capsys):
+    """CoST-GCN at full size on synthetic skeletons: 300-frame windows, an output
+    every 4 frames, steps == forward for 1 and 2 streams."""
+    args = ["--model", "cost-gcn", "--streams", "2", "--timing-calls", "2"]  # 388 frames
+    status = main(args)
+    out = capsys.readouterr().out
+    _check_output(status, out)
+    assert 'CoST-GCN (st_gcn("ntu"), 60 classes), random weights' in out
+    assert "an output every 4 frame(s)" in out and "latest 300 frames" in out
+    assert "continual steps (4 frames in)" in out
+
+
+def test_cost_gcn_demo_rejects_a_frame_size(capsys):
+    with pytest.raises(SystemExit):
+        main(["--model", "cost-gcn", "--size", "32"])
+    assert "skeleton frames are (2, 25, 3)" in capsys.readouterr().err
+
+
+def test_compare_follows_the_stride():
+    valid = np.array([False, True, False, True, False])
+    clip = np.arange(8, dtype=np.float32).reshape(2, 4)
+    step = np.zeros((5, 4), np.float32)
+    step[[1, 3]] = clip
+    assert compare(step, valid, clip, delay=1, stride=2)[2]
+    assert not compare(step, valid, clip, delay=1, stride=1)[2]  # missing outputs
+    assert not compare(step, np.array([False, True, True, False, False]), clip, 1, 2)[2]
+
+
+def test_moving_skeletons_move():
+    frames = moving_skeletons(5, seed=2)
+    assert frames.shape == (5, 2, 25, 3) and frames.dtype == np.float32
+    assert np.abs(frames[1] - frames[0]).mean() > 0.005
 
 
 def test_moving_pattern_moves():
