@@ -610,3 +610,53 @@ def test_adapter_convs_stream_inside_sequential_and_train():
     )(learned)
     assert float(jnp.abs(grads["0"]["adapter_down"]).max()) > 0
     assert float(jnp.abs(grads["2"]["adapter"]).max()) > 0
+
+
+def test_adapter_dense_streams_inside_sequential_and_trains_the_adapter_only():
+    """`AdapterDense`: a pruned SPLoRADense per frame inside co.Sequential, equal to the
+    Flax module, through the contract harness (train mode too), adapter gradients."""
+    import cojax as co
+    from cojax.adapters import AdapterDense
+    from cojax.testing import verify_contract
+
+    with pytest.raises(TypeError, match="AdapterDense"):
+        co.Sequential(SPLoRADense(4))
+    with pytest.raises(TypeError, match="expected an SPLoRADense"):
+        AdapterDense(SPLoRAConv(4, (3,)), 3)
+    dense = AdapterDense(SPLoRADense(6, rank=2), 5)
+    net = co.Sequential(co.Conv1d(3, 5, 3, padding=1), co.ReLU(), dense)
+    params = net.init(jax.random.PRNGKey(0))
+    keep_out = np.array([True, False, True, True, False, True])
+    variables = params["2"]
+    variables = {
+        "params": {
+            **variables["params"],
+            "adapter_up": jax.random.normal(jax.random.PRNGKey(4), (2, 6)),
+        },
+        "masks": {"in": np.array([True, True, False, True, True]), "out": keep_out},
+    }
+    params = {**params, "2": variables}
+    clip = jax.random.normal(jax.random.PRNGKey(1), (7, 3))
+    hidden = net["1"].forward({}, net["0"].forward(params["0"], clip))
+    expected = SPLoRADense(6, rank=2).apply(variables, hidden)
+    np.testing.assert_allclose(net.forward(params, clip), expected, atol=1e-5)
+    assert np.all(np.asarray(expected)[:, ~keep_out] == 0)
+    verify_contract(net, (3,), params=params, check_training=True)
+    mask = co.trainable_mask(net, params)["2"]
+    assert mask["params"] == {
+        "kernel": False,
+        "adapter_down": True,
+        "adapter_up": True,
+        "bias": True,
+    }
+    assert not any(jax.tree_util.tree_leaves(mask["masks"]))
+
+    def loss(p):
+        ys, _ = co.train_forward(net, {**params, "2": {**variables, "params": p}}, clip[None],
+                                 jax.random.PRNGKey(3))  # fmt: skip
+        return jnp.sum(ys**2)
+
+    grads = jax.grad(loss)(variables["params"])
+    assert float(jnp.abs(grads["adapter_down"]).max()) > 0
+    with pytest.raises(ValueError, match="AdapterDense"):
+        dense.forward(variables, jnp.ones((4, 3)))  # 3 channels, not 5

@@ -6,7 +6,7 @@ exports a plain, physically smaller layer.
 """
 
 from cojax.adapters.attention import SPLoRAMultiHeadAttention, fuse_attention
-from cojax.adapters.continual import AdapterConv
+from cojax.adapters.continual import AdapterConv, AdapterDense
 from cojax.adapters.lopa import SPLoPADense, SPLoPAPrototypes, splopa_parameter_count
 from cojax.adapters.lora import (
     SPLoRAConv,
@@ -23,6 +23,7 @@ from cojax.adapters.para import SPPaRAConv
 
 __all__ = [
     "AdapterConv",
+    "AdapterDense",
     "SPLoPADense",
     "SPLoPAPrototypes",
     "SPLoRAConv",

@@ -1,7 +1,8 @@
 """Adapted, pruned layers as continual cojax layers.
 
 Two routes. `AdapterConv(module, in_channels)` streams an `SPLoRAConv` / `SPPaRAConv`
-directly, inside `co.Sequential` like any layer, with the adapter's own Flax variables
+(and `AdapterDense(module, in_features)` an `SPLoRADense`, per frame) directly, inside
+`co.Sequential` like any layer, with the adapter's own Flax variables
 as its params (the masked adapted kernel is formed in each call, so it trains with
 optax and streams with `step`; only the adapter and bias are trainable).
 
@@ -22,8 +23,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cojax.adapters.lora import _AdaptedConv, _kernel_mask, adapted_kernel, fuse_conv, fuse_dense
-from cojax.core import Array, Layer, Params, check_config
+from cojax.adapters.lora import (
+    SPLoRADense,
+    _AdaptedConv,
+    _kernel_mask,
+    adapted_kernel,
+    adapter_labels,
+    fuse_conv,
+    fuse_dense,
+)
+from cojax.core import Array, FrameLayer, Layer, Params, check_array, check_config
 from cojax.layers.conv import Conv1d, Conv2d, Conv3d
 from cojax.layers.linear import Linear
 
@@ -153,3 +162,43 @@ class AdapterConv(Layer):
 
     def flush(self, params: Params, state, frame: Any):
         return self.conv.flush(self.conv_params(params), state, frame)
+
+
+@dataclasses.dataclass(frozen=True)
+class AdapterDense(FrameLayer):
+    """An `SPLoRADense` as a per-frame continual layer: frame `(*F, in_features)` ->
+    `(*F, features)` (a clip likewise, frame by frame).
+
+    `params` are the module's variables (`{"params", "masks"}`, from `init` or a
+    trained adapter); every call applies the module (the masked adapted kernel), so
+    the same params train with `co.train_forward` and stream with `step`.
+    `trainable`: the adapters and bias, not the frozen base kernel or the masks.
+    """
+
+    module: nn.Module
+    in_features: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.module, SPLoRADense):
+            raise TypeError(
+                f"AdapterDense: expected an SPLoRADense, got {type(self.module).__name__} "
+                "(convolutions: AdapterConv)."
+            )
+        super().__post_init__()
+
+    def init(self, key: Array) -> Params:
+        dummy = jnp.zeros((1, self.in_features), jnp.float32)
+        return jax.tree_util.tree_map(lambda a: a, dict(self.module.init(key, dummy)))
+
+    def trainable(self, params: Params) -> Params:
+        labels = adapter_labels(params["params"])
+        return {
+            "params": jax.tree_util.tree_map(lambda label: label == "train", labels),
+            "masks": jax.tree_util.tree_map(lambda _: False, params["masks"]),
+        }
+
+    def check_frame(self, frame: Any) -> None:
+        check_array(self, frame, channels=self.in_features, layout="(*F, in_features)")
+
+    def apply(self, params: Params, x: Array) -> Array:
+        return self.module.apply(params, x).astype(x.dtype)

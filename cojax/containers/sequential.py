@@ -34,7 +34,8 @@ def named_children(layers: Sequence[Any], owner: str, children: Any = None) -> C
                 "Wrap plain functions in co.Lambda(fn); convert torch modules with "
                 "conversion.from_continual; continual Flax modules with co.from_flax(module); "
                 "SPLoRAConv / SPPaRAConv adapters with "
-                "cojax.adapters.AdapterConv(module, in_channels)."
+                "cojax.adapters.AdapterConv(module, in_channels), SPLoRADense with "
+                "cojax.adapters.AdapterDense(module, in_features)."
             )
     if len({n for n, _ in pairs}) != len(pairs):
         raise ValueError(f"{owner}: child names must be unique, got {[n for n, _ in pairs]}.")
