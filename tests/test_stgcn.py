@@ -222,6 +222,25 @@ def test_continual_skeletons_checkpoints_load_with_parity(variant, mod, graph):
     assert error < 1e-4 and diff_error < 1e-4, (error, diff_error)
 
 
+FULL_WIDTHS = (64, 64, 64, 64, 128, 128, 128, 256, 256, 256)
+FULL_STRIDES = (1, 1, 1, 1, 2, 1, 1, 2, 1, 1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "variant, mod", [("st_gcn", False), ("st_gcn", True), ("a_gcn", False), ("s_tr", False)]
+)
+def test_full_size_checkpoints_load_with_parity(variant, mod):
+    """The paper's networks (10 blocks, NTU graph, 60 classes) on 300-frame clips."""
+    torch.manual_seed(0)
+    strides = (1,) * 10 if mod else FULL_STRIDES
+    net = ContinualSkeletonsNet(variant, "ntu", 60, FULL_WIDTHS, strides, mod, per_frame=True)
+    reference = randomize(net, seed=2)
+    model, params = load_stgcn(reference.state_dict(), variant, "ntu", mod)
+    error, diff_error = _compare(model, params, reference, 300, "ntu")
+    assert error < 1e-4 and diff_error < 1e-4, (error, diff_error)
+
+
 @pytest.mark.parametrize("graph", ["ntu", "kinetics"])
 def test_original_st_gcn_checkpoints_load_with_parity(graph, tmp_path):
     torch.manual_seed(1)
