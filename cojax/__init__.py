@@ -106,6 +106,7 @@ from cojax.layers.transformer import (
     WindowTransformerEncoderLayer,
 )
 from cojax.models import X3D, CoOadTR, co_oadtr, x3d
+from cojax.stream_pool import StreamPool
 from cojax.streams import init_streams, step_streams
 from cojax.training import (
     masked_optimizer,

@@ -1,0 +1,196 @@
+"""A stream pool: many live streams joining and leaving, served by one compiled step.
+
+`StreamPool(layer, params, capacity, frame)` holds `capacity` stream slots (one
+batched state, leading axis = slot) and one jit-compiled tick. Callers name streams by
+their own ids (any hashable): `open(id)` takes a free slot (its state is reset at the
+next tick: the stream's *start* flag), `push({id: frame, ...})` steps every slot at
+once and returns `{id: (y, valid)}` for the streams that sent a frame (`valid`: the
+*ready* flag, False during a stream's warm-up), `close(id)` frees the slot (the
+stream's *end*). Streams without a frame in a tick are masked: their state is kept as
+it is. The compiled tick depends only on the capacity, so any mix of arrivals runs
+without retracing; the state buffer is donated to it (updated in place). `grow(n)`
+enlarges the pool once (one new compilation), carrying every open stream's state.
+
+Semantics match a serving system's sequence batcher (start / end / ready per stream);
+a stream's outputs equal those of the same frames fed alone through `layer.step`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cojax.core import Layer, Params, PyTree, State, as_int, as_spec, layer_name, select_tree
+
+
+def _slot_mask(flags: jax.Array, leaf: jax.Array) -> jax.Array:
+    return flags.reshape(flags.shape + (1,) * (leaf.ndim - 1))
+
+
+class StreamPool:
+    """A fixed-capacity, jit-compiled batch of stream slots (see the module docstring).
+
+    `frame`: ONE stream's frame `(*spatial, C)` (array or ShapeDtypeStruct; a pytree
+    for layers that take one). `traces` counts compilations of the tick (1 after the
+    first `push`, +1 per `grow`).
+    """
+
+    def __init__(self, layer: Layer, params: Params, capacity: int, frame: PyTree) -> None:
+        self.layer, self.params = layer, params
+        self.frame_spec = jax.tree_util.tree_map(as_spec, frame)
+        self._capacity = as_int(layer, "capacity", capacity, 1)
+        self._fresh = layer.init_state(params, self.frame_spec)  # one stream's start state
+        self._states = self._fresh_states(self._capacity)
+        self._slots: dict[Hashable, int] = {}
+        self._free = list(range(self._capacity))
+        self._reset = np.zeros(self._capacity, bool)
+        self.traces = 0
+        self._tick = jax.jit(self._tick_fn, donate_argnums=(1,))
+
+    # ------------------------------------------------------------------ introspection
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    @property
+    def ids(self) -> list[Hashable]:
+        """The open streams, in the order they were opened."""
+        return list(self._slots)
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def __contains__(self, stream_id: Hashable) -> bool:
+        return stream_id in self._slots
+
+    def slot(self, stream_id: Hashable) -> int:
+        return self._slot(stream_id, "slot")
+
+    @property
+    def states(self) -> State:
+        """The batched state of all slots (leading axis = slot)."""
+        return self._states
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def open(self, stream_id: Hashable) -> int:
+        """Start a stream in a free slot (its state is fresh at its first frame);
+        returns the slot."""
+        if stream_id in self._slots:
+            raise ValueError(f"StreamPool: stream {stream_id!r} is already open.")
+        if not self._free:
+            raise RuntimeError(
+                f"StreamPool: all {self._capacity} slots are in use; close a stream or "
+                f"grow(capacity) the pool."
+            )
+        slot = self._free.pop(0)
+        self._slots[stream_id] = slot
+        self._reset[slot] = True
+        return slot
+
+    def close(self, stream_id: Hashable) -> None:
+        """End a stream: its slot is free for the next `open` (which resets it)."""
+        slot = self._slot(stream_id, "close")
+        del self._slots[stream_id]
+        self._reset[slot] = False
+        self._free.append(slot)
+        self._free.sort()
+
+    def grow(self, capacity: int) -> None:
+        """Enlarge the pool to `capacity` slots, keeping every open stream's state and
+        slot (the tick compiles once more for the new size)."""
+        capacity = as_int(self.layer, "capacity", capacity, 1)
+        if capacity < self._capacity:
+            raise ValueError(
+                f"StreamPool: grow to {capacity} slots, fewer than the {self._capacity} it has."
+            )
+        extra = capacity - self._capacity
+        if extra == 0:
+            return
+        more = self._fresh_states(extra)
+        self._states = jax.tree_util.tree_map(
+            lambda a, b: jnp.concatenate([a, b]), self._states, more
+        )
+        self._free += list(range(self._capacity, capacity))
+        self._reset = np.concatenate([self._reset, np.zeros(extra, bool)])
+        self._capacity = capacity
+
+    # ------------------------------------------------------------------ stepping
+
+    def push(self, frames: Mapping[Hashable, Any]) -> dict[Hashable, tuple[Any, bool]]:
+        """One tick: a frame for each stream that has one (`{id: frame}`); returns
+        `{id: (y, valid)}` for those streams (NumPy values). Absent streams keep their
+        state; unknown ids raise."""
+        present = np.zeros(self._capacity, bool)
+        batch = jax.tree_util.tree_map(
+            lambda s: np.zeros((self._capacity, *s.shape), s.dtype), self.frame_spec
+        )
+        slots = {}
+        for stream_id, frame in frames.items():
+            slot = self._slot(stream_id, "push")
+            self._write(batch, slot, frame, stream_id)
+            present[slot] = True
+            slots[stream_id] = slot
+        self._states, ys, valid = self._tick(
+            self.params, self._states, batch, present, self._reset.copy()
+        )
+        self._reset[:] = False
+        ys = jax.tree_util.tree_map(np.asarray, ys)
+        valid = np.asarray(valid)
+        return {
+            i: (jax.tree_util.tree_map(lambda a, s=s: a[s], ys), bool(valid[s]))
+            for i, s in slots.items()
+        }
+
+    def _tick_fn(self, params, states, frames, present, reset):
+        self.traces += 1  # runs when the tick is traced, not when it runs
+        states = jax.tree_util.tree_map(
+            lambda s, f: jnp.where(_slot_mask(reset, s), f[None], s).astype(s.dtype),
+            states,
+            self._fresh,
+        )
+        stepped, (ys, valid) = jax.vmap(self.layer.step, in_axes=(None, 0, 0))(
+            params, states, frames
+        )
+        states = jax.vmap(select_tree)(present, stepped, states)
+        return states, ys, jnp.logical_and(valid, present)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _fresh_states(self, n: int) -> State:
+        # a real copy per slot (not a broadcast view), so donation can reuse it
+        return jax.tree_util.tree_map(
+            lambda a: jnp.tile(a[None], (n,) + (1,) * a.ndim), self._fresh
+        )
+
+    def _slot(self, stream_id: Hashable, what: str) -> int:
+        try:
+            return self._slots[stream_id]
+        except KeyError:
+            raise KeyError(
+                f"StreamPool.{what}: stream {stream_id!r} is not open (open it first; open: "
+                f"{list(self._slots)[:10]}{'…' if len(self._slots) > 10 else ''})."
+            ) from None
+
+    def _write(self, batch, slot: int, frame: Any, stream_id: Hashable) -> None:
+        leaves, tree = jax.tree_util.tree_flatten(frame)
+        specs, spec_tree = jax.tree_util.tree_flatten(self.frame_spec)
+        if tree != spec_tree:
+            raise ValueError(
+                f"StreamPool ({layer_name(self.layer)}): stream {stream_id!r}'s frame has "
+                f"structure {tree}, expected {spec_tree}."
+            )
+        for target, leaf, spec in zip(jax.tree_util.tree_leaves(batch), leaves, specs):
+            leaf = np.asarray(leaf)
+            if leaf.shape != spec.shape or leaf.dtype != spec.dtype:
+                raise ValueError(
+                    f"StreamPool ({layer_name(self.layer)}): stream {stream_id!r} sent a "
+                    f"frame {leaf.dtype}{list(leaf.shape)}, expected "
+                    f"{spec.dtype}{list(spec.shape)}."
+                )
+            target[slot] = leaf

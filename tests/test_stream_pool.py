@@ -1,0 +1,141 @@
+"""`co.StreamPool`: streams joining, leaving and sending frames at random, against each
+stream run alone through `layer.step`; no retrace whatever the arrivals; growth
+carries the open streams' states; bad ids and frames raise clearly."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import cojax as co
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+FRAME = (3,)
+
+
+def small_net() -> co.Sequential:
+    """A conv, a strided conv and a residual: warm-up, gaps between outputs, state."""
+    return co.Sequential(
+        co.Conv1d(3, 4, 3),
+        co.ReLU(),
+        co.Residual(co.Conv1d(4, 4, 3, padding=1)),
+        co.Conv1d(4, 2, 2, stride=2),
+    )
+
+
+class Alone:
+    """One stream through the jitted single-stream step (the reference)."""
+
+    def __init__(self, layer, params, step):
+        self.state = layer.init_state(params, jnp.zeros(FRAME))
+        self.params, self.step = params, step
+
+    def __call__(self, frame):
+        self.state, (y, valid) = self.step(self.params, self.state, frame)
+        return np.asarray(y), bool(valid)
+
+
+def simulate(pool, layer, params, ticks, rng, grow_at=None):
+    """Random opens / closes / arrivals; every pushed stream's output vs `Alone`."""
+    step = jax.jit(layer.step)
+    alone, next_id, checked, ready = {}, 0, 0, 0
+    for t in range(ticks):
+        if grow_at is not None and t == grow_at:
+            pool.grow(pool.capacity + 3)
+        if len(pool) < pool.capacity and rng.random() < 0.3:
+            pool.open(f"s{next_id}")
+            alone[f"s{next_id}"] = Alone(layer, params, step)
+            next_id += 1
+        if len(pool) and rng.random() < 0.05:
+            gone = pool.ids[rng.integers(len(pool))]
+            pool.close(gone)
+            del alone[gone]
+        frames = {
+            i: rng.standard_normal(FRAME).astype(np.float32) for i in pool.ids if rng.random() < 0.7
+        }
+        out = pool.push(frames)
+        assert set(out) == set(frames)
+        for i, frame in frames.items():
+            y, valid = out[i]
+            y_alone, valid_alone = alone[i](frame)
+            assert valid == valid_alone, (t, i)
+            np.testing.assert_allclose(y, y_alone, rtol=1e-6, atol=1e-6)
+            checked += 1
+            ready += valid
+    return checked, ready, next_id
+
+
+def test_random_join_leave_and_arrivals_equal_each_stream_alone():
+    layer = small_net()
+    params = layer.init(jax.random.PRNGKey(0))
+    pool = co.StreamPool(layer, params, 5, jnp.zeros(FRAME))
+    checked, ready, streams = simulate(pool, layer, params, 2000, np.random.default_rng(0))
+    assert pool.traces == 1  # one compilation for every mix of arrivals
+    assert streams > 50 and checked > 4000 and 0 < ready < checked
+
+
+def test_grow_keeps_open_streams_and_compiles_once_more():
+    layer = small_net()
+    params = layer.init(jax.random.PRNGKey(1))
+    pool = co.StreamPool(layer, params, 3, jnp.zeros(FRAME))
+    checked, _, _ = simulate(pool, layer, params, 400, np.random.default_rng(1), grow_at=150)
+    assert pool.capacity == 6 and pool.traces == 2 and checked > 500
+    with pytest.raises(ValueError, match="fewer"):
+        pool.grow(2)
+
+
+def test_lifecycle_errors_and_bad_frames():
+    layer = small_net()
+    params = layer.init(jax.random.PRNGKey(2))
+    pool = co.StreamPool(layer, params, 2, jax.ShapeDtypeStruct(FRAME, jnp.float32))
+    pool.open("a")
+    with pytest.raises(ValueError, match="already open"):
+        pool.open("a")
+    pool.open("b")
+    with pytest.raises(RuntimeError, match="grow"):
+        pool.open("c")
+    with pytest.raises(KeyError, match="'c' is not open"):
+        pool.push({"c": np.zeros(FRAME, np.float32)})
+    with pytest.raises(ValueError, match=r"expected float32\[3\]"):
+        pool.push({"a": np.zeros((4,), np.float32)})
+    with pytest.raises(ValueError, match="float64"):
+        pool.push({"a": np.zeros(FRAME)})
+    pool.close("a")
+    with pytest.raises(KeyError, match="close"):
+        pool.close("a")
+    assert pool.ids == ["b"] and "a" not in pool and len(pool) == 1
+    with pytest.raises(TypeError, match="capacity"):
+        co.StreamPool(layer, params, 2.5, jnp.zeros(FRAME))
+
+
+def test_a_reopened_slot_starts_fresh_and_absent_streams_keep_their_state():
+    layer = small_net()
+    params = layer.init(jax.random.PRNGKey(3))
+    pool = co.StreamPool(layer, params, 1, jnp.zeros(FRAME))
+    pool.open("x")
+    frames = np.random.default_rng(3).standard_normal((12, *FRAME)).astype(np.float32)
+    first = [pool.push({"x": f})["x"] for f in frames[:6]]
+    before = jax.tree_util.tree_map(np.asarray, pool.states)
+    for _ in range(3):
+        assert pool.push({}) == {}  # no frame: the state is kept
+    jax.tree_util.tree_map(np.testing.assert_array_equal, before, pool.states)
+    pool.close("x")
+    pool.open("y")  # the same slot, reset at its first frame
+    again = [pool.push({"y": f})["y"] for f in frames[:6]]
+    for (y1, v1), (y2, v2) in zip(first, again):
+        assert v1 == v2
+        np.testing.assert_array_equal(y1, y2)
+
+
+def test_the_state_is_donated_to_the_tick():
+    layer = small_net()
+    params = layer.init(jax.random.PRNGKey(4))
+    pool = co.StreamPool(layer, params, 2, jnp.zeros(FRAME))
+    pool.open(7)
+    pool.push({7: np.ones(FRAME, np.float32)})  # compiles
+    old = [leaf for leaf in jax.tree_util.tree_leaves(pool.states) if leaf.size > 1]
+    pool.push({7: np.ones(FRAME, np.float32)})
+    assert old and all(leaf.is_deleted() for leaf in old)
