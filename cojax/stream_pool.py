@@ -11,6 +11,11 @@ it is. The compiled tick depends only on the capacity, so any mix of arrivals ru
 without retracing; the state buffer is donated to it (updated in place). `grow(n)`
 enlarges the pool once (one new compilation), carrying every open stream's state.
 
+`pool.save(directory, step)` checkpoints the params, every slot's state and the open
+streams (orbax, atomic; `cojax.checkpoint`); `StreamPool.restore(directory, layer,
+frame)` rebuilds the pool in a fresh process and it continues bit-identically.
+Restoring into another layer or configuration raises a ValueError naming it.
+
 Semantics match a serving system's sequence batcher (start / end / ready per stream);
 a stream's outputs equal those of the same frames fed alone through `layer.step`.
 """
@@ -18,6 +23,7 @@ a stream's outputs equal those of the same frames fed alone through `layer.step`
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -159,6 +165,56 @@ class StreamPool:
         )
         states = jax.vmap(select_tree)(present, stepped, states)
         return states, ys, jnp.logical_and(valid, present)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save(self, directory: str | Path, step: int, max_to_keep: int | None = None) -> None:
+        """Checkpoint the params, all slot states and the open streams (ids must be
+        str or int) as step `step` of `directory` (atomically)."""
+        from cojax.checkpoint import save_checkpoint
+
+        for stream_id in self._slots:
+            if not isinstance(stream_id, (str, int)) or isinstance(stream_id, bool):
+                raise TypeError(
+                    f"StreamPool.save: stream ids must be str or int to be saved, got "
+                    f"{stream_id!r}."
+                )
+        metadata = {
+            "capacity": self._capacity,
+            "streams": [[i, s] for i, s in self._slots.items()],
+            "reset": self._reset.tolist(),
+        }
+        tree = {"params": self.params, "states": self._states}
+        save_checkpoint(
+            directory, step, tree, layer=self.layer, metadata=metadata, max_to_keep=max_to_keep
+        )
+
+    @classmethod
+    def restore(
+        cls, directory: str | Path, layer: Layer, frame: PyTree, step: int | None = None
+    ) -> StreamPool:
+        """The pool saved in `directory` (step `step`, default the latest), for `layer`
+        and one stream's `frame`; raises if the checkpoint is of another layer,
+        configuration or frame."""
+        from cojax.checkpoint import read_metadata, restore_checkpoint
+
+        step, meta = read_metadata(directory, step)
+        capacity = meta["user"]["capacity"]
+        params = jax.eval_shape(layer.init, jax.random.PRNGKey(0))
+        spec = jax.tree_util.tree_map(as_spec, frame)
+        one = jax.eval_shape(layer.init_state, params, spec)
+        states = jax.tree_util.tree_map(
+            lambda a: jax.ShapeDtypeStruct((capacity, *a.shape), a.dtype), one
+        )
+        tree, user = restore_checkpoint(
+            directory, {"params": params, "states": states}, step=step, layer=layer
+        )
+        pool = cls(layer, tree["params"], capacity, frame)
+        pool._states = tree["states"]
+        pool._slots = {i: s for i, s in user["streams"]}
+        pool._free = sorted(set(range(capacity)) - set(pool._slots.values()))
+        pool._reset = np.asarray(user["reset"], bool)
+        return pool
 
     # ------------------------------------------------------------------ helpers
 
