@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cojax.core import Layer, Params, PyTree, State, as_int, as_spec, layer_name, select_tree
+from cojax.streams import replicate, shard_streams
 
 
 def _slot_mask(flags: jax.Array, leaf: jax.Array) -> jax.Array:
@@ -41,16 +42,21 @@ class StreamPool:
     """A fixed-capacity, jit-compiled batch of stream slots (see the module docstring).
 
     `frame`: ONE stream's frame `(*spatial, C)` (array or ShapeDtypeStruct; a pytree
-    for layers that take one). `traces` counts compilations of the tick (1 after the
-    first `push`, +1 per `grow`).
+    for layers that take one). `mesh`: a `jax.sharding.Mesh` with a "streams" axis
+    (`co.streams_mesh()`): the slots are split over its devices, params replicated
+    (capacity a multiple of the axis size). `traces` counts compilations of the tick
+    (1 after the first `push`, +1 per `grow`).
     """
 
-    def __init__(self, layer: Layer, params: Params, capacity: int, frame: PyTree) -> None:
-        self.layer, self.params = layer, params
+    def __init__(
+        self, layer: Layer, params: Params, capacity: int, frame: PyTree, mesh: Any = None
+    ) -> None:
+        self.layer, self.mesh = layer, mesh
+        self.params = params if mesh is None else replicate(params, mesh)
         self.frame_spec = jax.tree_util.tree_map(as_spec, frame)
         self._capacity = as_int(layer, "capacity", capacity, 1)
         self._fresh = layer.init_state(params, self.frame_spec)  # one stream's start state
-        self._states = self._fresh_states(self._capacity)
+        self._states = self._place(self._fresh_states(self._capacity))
         self._slots: dict[Hashable, int] = {}
         self._free = list(range(self._capacity))
         self._reset = np.zeros(self._capacity, bool)
@@ -119,8 +125,8 @@ class StreamPool:
         if extra == 0:
             return
         more = self._fresh_states(extra)
-        self._states = jax.tree_util.tree_map(
-            lambda a, b: jnp.concatenate([a, b]), self._states, more
+        self._states = self._place(
+            jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), self._states, more)
         )
         self._free += list(range(self._capacity, capacity))
         self._reset = np.concatenate([self._reset, np.zeros(extra, bool)])
@@ -142,9 +148,8 @@ class StreamPool:
             self._write(batch, slot, frame, stream_id)
             present[slot] = True
             slots[stream_id] = slot
-        self._states, ys, valid = self._tick(
-            self.params, self._states, batch, present, self._reset.copy()
-        )
+        batch, present, reset = self._place((batch, present, self._reset.copy()))
+        self._states, ys, valid = self._tick(self.params, self._states, batch, present, reset)
         self._reset[:] = False
         ys = jax.tree_util.tree_map(np.asarray, ys)
         valid = np.asarray(valid)
@@ -191,7 +196,12 @@ class StreamPool:
 
     @classmethod
     def restore(
-        cls, directory: str | Path, layer: Layer, frame: PyTree, step: int | None = None
+        cls,
+        directory: str | Path,
+        layer: Layer,
+        frame: PyTree,
+        step: int | None = None,
+        mesh: Any = None,
     ) -> StreamPool:
         """The pool saved in `directory` (step `step`, default the latest), for `layer`
         and one stream's `frame`; raises if the checkpoint is of another layer,
@@ -209,8 +219,8 @@ class StreamPool:
         tree, user = restore_checkpoint(
             directory, {"params": params, "states": states}, step=step, layer=layer
         )
-        pool = cls(layer, tree["params"], capacity, frame)
-        pool._states = tree["states"]
+        pool = cls(layer, tree["params"], capacity, frame, mesh)
+        pool._states = pool._place(tree["states"])
         pool._slots = {i: s for i, s in user["streams"]}
         pool._free = sorted(set(range(capacity)) - set(pool._slots.values()))
         pool._reset = np.asarray(user["reset"], bool)
@@ -223,6 +233,10 @@ class StreamPool:
         return jax.tree_util.tree_map(
             lambda a: jnp.tile(a[None], (n,) + (1,) * a.ndim), self._fresh
         )
+
+    def _place(self, tree: PyTree) -> PyTree:
+        """Per-slot arrays on the mesh (split over its streams axis), if there is one."""
+        return tree if self.mesh is None else shard_streams(tree, self.mesh)
 
     def _slot(self, stream_id: Hashable, what: str) -> int:
         try:

@@ -1,11 +1,16 @@
-"""Many streams at once: vmap a layer's step over N streams, with per-stream resets."""
+"""Many streams at once: vmap a layer's step over N streams, with per-stream resets,
+and streams sharded over a device mesh (`shard_streams`)."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from cojax.core import Array, Layer, Params, PyTree, State, as_int, as_spec
+
+STREAMS_AXIS = "streams"
 
 
 def init_streams(layer: Layer, params: Params, frame: PyTree, num_streams: int) -> State:
@@ -49,3 +54,33 @@ def step_streams(
             lambda s, f: jnp.where(_reset_mask(reset, s), f[None], s).astype(s.dtype), states, fresh
         )
     return jax.vmap(layer.step, in_axes=(None, 0, 0))(params, states, frames)
+
+
+def streams_mesh(devices=None, axis: str = STREAMS_AXIS) -> Mesh:
+    """A 1-D mesh over `devices` (default: all) with one axis named `axis`."""
+    devices = jax.devices() if devices is None else list(devices)
+    return Mesh(np.asarray(devices), (axis,))
+
+
+def shard_streams(tree: PyTree, mesh: Mesh, axis: str = STREAMS_AXIS) -> PyTree:
+    """Place a per-stream tree (states or frames, leading axis = stream) on `mesh`,
+    streams split over `axis`: `NamedSharding(mesh, P(axis))`. The number of streams
+    must be a multiple of the axis size."""
+    size = mesh.shape[axis]
+
+    def put(a):
+        a = jnp.asarray(a)
+        if a.ndim == 0 or a.shape[0] % size:
+            raise ValueError(
+                f"shard_streams: a leaf of shape {tuple(a.shape)} cannot be split over "
+                f"{size} devices along its leading (stream) axis; use a multiple of {size} "
+                "streams."
+            )
+        return jax.device_put(a, NamedSharding(mesh, PartitionSpec(axis)))
+
+    return jax.tree_util.tree_map(put, tree)
+
+
+def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
+    """Place a tree (e.g. params) whole on every device of `mesh`."""
+    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
