@@ -153,6 +153,7 @@ KILLED = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_a_save_killed_midway_leaves_the_previous_step_readable(tmp_path):
     script = tmp_path / "killed.py"
     script.write_text(KILLED)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # a subprocess run of the experiment (~10 s)
+
 SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "spa_digits.py"
 TARGET = 0.7
 WIDTHS = (8, 16, 16)

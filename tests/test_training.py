@@ -288,13 +288,17 @@ def test_dropout_masks_like_torch(cojax_cls, torch_cls, channelwise):
     x = np.random.default_rng(5).standard_normal((8, 4, 3, 3, 64)).astype(np.float32)
     ys, _ = co.train_forward(cojax_cls(p), {}, jnp.asarray(x), jax.random.PRNGKey(0))
     ys = np.asarray(ys)
+    torch.manual_seed(0)  # torch's draws do not depend on which tests ran before
     yt = torch_cls(p).train()(torch.from_numpy(x.transpose(0, 4, 1, 2, 3)))
     yt = to_channels_last(yt)
     # Each output is the kept map of its input or the one dropped value, as torch's.
     kept_t = np.isclose(yt, _kept(torch_cls, p, x), atol=1e-6)
     kept_c = np.isclose(ys, _kept(torch_cls, p, x), atol=1e-6)
     np.testing.assert_allclose(ys[~kept_c], yt[~kept_t].flat[0], atol=1e-6)
-    assert abs((~kept_c).mean() - p) < 0.05 and abs((~kept_t).mean() - p) < 0.05
+    # drop rates within 4 standard errors of p (channel dropout: one draw per (clip, C))
+    draws = x.shape[0] * x.shape[-1] if channelwise else x.size
+    tol = 4 * np.sqrt(p * (1 - p) / draws)
+    assert abs((~kept_c).mean() - p) < tol and abs((~kept_t).mean() - p) < tol
     if channelwise:
         assert np.all(kept_c == kept_c[:, :1, :1, :1, :])
     else:
