@@ -107,7 +107,15 @@ from cojax.layers.transformer import (
 )
 from cojax.models import X3D, CoOadTR, co_oadtr, x3d
 from cojax.stream_pool import StreamPool
-from cojax.streams import init_streams, replicate, shard_streams, step_streams, streams_mesh
+from cojax.streams import (
+    gather_streams,
+    init_streams,
+    replicate,
+    shard_local_streams,
+    shard_streams,
+    step_streams,
+    streams_mesh,
+)
 from cojax.training import (
     masked_optimizer,
     output_lengths,

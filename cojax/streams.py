@@ -1,5 +1,7 @@
 """Many streams at once: vmap a layer's step over N streams, with per-stream resets,
-and streams sharded over a device mesh (`shard_streams`)."""
+and streams sharded over a device mesh (`shard_streams`), across hosts too: with
+`jax.distributed` each process holds its own streams (`shard_local_streams`) of one
+global mesh, and `gather_streams` collects every process's results."""
 
 from __future__ import annotations
 
@@ -84,3 +86,41 @@ def shard_streams(tree: PyTree, mesh: Mesh, axis: str = STREAMS_AXIS) -> PyTree:
 def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
     """Place a tree (e.g. params) whole on every device of `mesh`."""
     return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+
+
+def shard_local_streams(tree: PyTree, mesh: Mesh, axis: str = STREAMS_AXIS) -> PyTree:
+    """This process's streams (leading axis = its local streams) as the process's part
+    of global arrays sharded over `axis` of `mesh` (multi-host, after
+    `jax.distributed.initialize`): the global arrays hold every process's streams in
+    process order. On one process this is `shard_streams`. Every process passes the
+    same number of streams, a multiple of its devices on the mesh."""
+    size = mesh.shape[axis]
+    local = size // jax.process_count()
+    sharding = NamedSharding(mesh, PartitionSpec(axis))
+
+    def put(a):
+        a = np.asarray(a)
+        if a.ndim == 0 or a.shape[0] % local:
+            raise ValueError(
+                f"shard_local_streams: a leaf of shape {tuple(a.shape)} cannot be split over "
+                f"this process's {local} devices along its leading (stream) axis; use a "
+                f"multiple of {local} streams per process."
+            )
+        return jax.make_array_from_process_local_data(sharding, a)
+
+    return jax.tree_util.tree_map(put, tree)
+
+
+def gather_streams(tree: PyTree) -> PyTree:
+    """Every process's streams of sharded (possibly multi-host) arrays, as numpy
+    arrays on every process (`process_allgather`); replicated leaves come back whole."""
+    from jax.experimental import multihost_utils
+
+    def get(a):
+        if not isinstance(a, jax.Array) or a.is_fully_addressable:
+            return np.asarray(a)
+        if a.sharding.is_fully_replicated:
+            return np.asarray(a.addressable_data(0))
+        return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+
+    return jax.tree_util.tree_map(get, tree)
