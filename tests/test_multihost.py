@@ -87,6 +87,13 @@ def test_two_processes_equal_one(tmp_path):
     for name in a.files:
         if name.startswith("param_"):
             np.testing.assert_allclose(b[name], a[name], rtol=1e-4, atol=1e-5, err_msg=name)
+    params = [n for n in a.files if n.startswith("param_")]
+    print(  # the figures docs/streams.md quotes (pytest -m slow -s tests/test_multihost.py)
+        f"2 processes vs 1: streams {np.abs(b['ys'] - a['ys']).max():.2g}, pools "
+        f"{np.abs(b['pool_ys'] - a['ys']).max():.2g}, losses "
+        f"{np.abs(b['losses'] - a['losses']).max():.2g}, params "
+        f"{max(np.abs(b[n] - a[n]).max() for n in params):.2g}"
+    )
 
 
 def test_half_batch_statistics_differ_from_the_global_ones():
