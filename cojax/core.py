@@ -60,6 +60,13 @@ def select_tree(pred: Array, on_true: PyTree, on_false: PyTree) -> PyTree:
     return jax.tree_util.tree_map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
 
 
+def accumulation_dtype(dtype: Any) -> Any:
+    """The `preferred_element_type` of a contraction on inputs of `dtype`: float32 for
+    16-bit floats (a bfloat16 conv or matmul sums in float32, then casts back), None
+    (the input's own) otherwise."""
+    return jnp.float32 if jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) else None
+
+
 def zero_unless(valid: Array, y: PyTree) -> PyTree:
     """Zeros where not `valid` (the contract's output for steps that emit nothing)."""
     return jax.tree_util.tree_map(lambda a: jnp.where(valid, a, jnp.zeros_like(a)), y)
@@ -520,6 +527,27 @@ class Layer:
         """`step` without `check_state` (containers use it on their children)."""
         return self.step(params, state, frame)
 
+    def step_block(self, params: Params, state: State, frames: PyTree):
+        """k frames in one call: frames `(k, *frame)` -> `(state, (ys (k, ...), valid (k,)))`,
+        exactly k `step`s. Temporal convolutions and pools compute the block as one clip
+        computation over their buffered window (large kernels for accelerators); other
+        layers scan their step. Pure; jit-able for a fixed k."""
+        leaves = jax.tree_util.tree_leaves(frames)
+        if not leaves or any(getattr(a, "ndim", 0) < 1 for a in leaves):
+            raise ValueError(f"{layer_name(self)}: step_block takes frames (k, *frame).")
+        k = leaves[0].shape[0]
+        frame = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), frames)
+        self.check_frame(frame)
+        check_state(self, params, state, frame)
+        return self.step_block_masked(params, state, frames, jnp.ones((k,), bool))
+
+    def step_block_masked(self, params: Params, state: State, frames: PyTree, valid_in: Array):
+        """`step_block` where only the frames marked in `valid_in` `(k,)` are real: the
+        others leave the state as it is and give invalid (zero) outputs, as
+        `masked_step` (how containers pass a strided child's gaps on). The default
+        scans `masked_step`; layers with a block kernel override it."""
+        return scan_masked_steps(self, params, state, frames, valid_in)
+
     def flush(self, params: Params, state: State, frame: PyTree) -> tuple[PyTree, Array]:
         """Outputs that the end padding releases: `(ys, valid)` with a time axis.
 
@@ -610,6 +638,10 @@ class FrameLayer(Layer):
     def step(self, params: Params, state: State, frame: PyTree):
         return state, (self.apply(params, frame), jnp.ones((), bool))
 
+    def step_block_masked(self, params: Params, state: State, frames: PyTree, valid_in: Array):
+        # A per-frame layer's block is its clip forward (one batched computation).
+        return state, (zero_invalid(self.forward(params, frames), valid_in), valid_in)
+
 
 # --------------------------------------------------------------------------- driving
 
@@ -624,6 +656,29 @@ def masked_step(layer: Layer, params: Params, state: State, x: PyTree, valid_in:
     state = select_tree(valid_in, new_state, state)
     valid = jnp.logical_and(valid, valid_in)
     return state, (zero_unless(valid, y), valid)
+
+
+def scan_masked_steps(layer: Layer, params: Params, state: State, frames: PyTree, valid_in: Array):
+    """`masked_step` over the leading axis of `frames`: `(state, (ys, valid))`."""
+
+    def body(s, inputs):
+        x, v = inputs
+        s, (y, v) = masked_step(layer, params, s, x, v)
+        return s, (y, v)
+
+    return jax.lax.scan(body, state, (frames, valid_in))
+
+
+def advance_counter_block(count: Array | Schedule, delay: int, stride: int, valid_in: Array):
+    """`advance_counter` over a block: only the frames marked in `valid_in` `(k,)`
+    count. Returns the validity of each of the k steps and the final counter."""
+
+    def body(c, v):
+        ok, nxt = advance_counter(c, delay, stride)
+        return select_tree(v, nxt, c), jnp.logical_and(ok, v)
+
+    count, valid = jax.lax.scan(body, count, valid_in)
+    return valid, count
 
 
 def forward_steps(

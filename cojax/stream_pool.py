@@ -10,6 +10,8 @@ stream's *end*). Streams without a frame in a tick are masked: their state is ke
 it is. The compiled tick depends only on the capacity, so any mix of arrivals runs
 without retracing; the state buffer is donated to it (updated in place). `grow(n)`
 enlarges the pool once (one new compilation), carrying every open stream's state.
+`push_block({id: frames (n, ...)}, k)` is a tick of up to k frames per stream
+(`layer.step_block`), equal to n `push` ticks for each stream.
 
 `pool.save(directory, step)` checkpoints the params, every slot's state and the open
 streams (orbax, atomic; `cojax.checkpoint`); `StreamPool.restore(directory, layer,
@@ -62,6 +64,7 @@ class StreamPool:
         self._reset = np.zeros(self._capacity, bool)
         self.traces = 0
         self._tick = jax.jit(self._tick_fn, donate_argnums=(1,))
+        self._block_tick = jax.jit(self._block_tick_fn, donate_argnums=(1,))
 
     # ------------------------------------------------------------------ introspection
 
@@ -157,6 +160,74 @@ class StreamPool:
             i: (jax.tree_util.tree_map(lambda a, s=s: a[s], ys), bool(valid[s]))
             for i, s in slots.items()
         }
+
+    def push_block(
+        self, blocks: Mapping[Hashable, Any], k: int | None = None
+    ) -> dict[Hashable, tuple[Any, np.ndarray]]:
+        """One tick of up to `k` frames per stream (`{id: frames (n, *frame)}`, n <= k,
+        default k the longest block): every slot steps its block at once with
+        `layer.step_block` (temporal kernels see all k frames as one clip), streams with
+        fewer frames are masked after theirs. Returns `{id: (ys (n, ...), valid (n,))}`,
+        what n `push` ticks would give that stream. One compilation per distinct k."""
+        frames_of = {i: self._block(i, f) for i, f in blocks.items()}
+        lengths = {i: jax.tree_util.tree_leaves(f)[0].shape[0] for i, f in frames_of.items()}
+        k = max(lengths.values(), default=1) if k is None else as_int(self.layer, "k", k, 1)
+        if any(n > k for n in lengths.values()):
+            raise ValueError(f"StreamPool.push_block: a block is longer than k = {k} frames.")
+        present = np.zeros((self._capacity, k), bool)
+        batch = jax.tree_util.tree_map(
+            lambda s: np.zeros((self._capacity, k, *s.shape), s.dtype), self.frame_spec
+        )
+        slots = {}
+        for stream_id, frames in frames_of.items():
+            slot, n = self._slot(stream_id, "push_block"), lengths[stream_id]
+            for target, leaf in zip(
+                jax.tree_util.tree_leaves(batch), jax.tree_util.tree_leaves(frames)
+            ):
+                target[slot, :n] = leaf
+            present[slot, :n] = True
+            slots[stream_id] = slot
+        batch, present, reset = self._place((batch, present, self._reset.copy()))
+        self._states, ys, valid = self._block_tick(self.params, self._states, batch, present, reset)
+        self._reset[:] = False
+        ys = jax.tree_util.tree_map(np.asarray, ys)
+        valid = np.asarray(valid)
+        return {
+            i: (
+                jax.tree_util.tree_map(lambda a, s=s, n=lengths[i]: a[s, :n], ys),
+                valid[s, : lengths[i]],
+            )
+            for i, s in slots.items()
+        }
+
+    def _block(self, stream_id: Hashable, frames: Any) -> Any:
+        """Check one stream's block `(n, *frame)` against the frame spec."""
+        self._slot(stream_id, "push_block")
+        leaves, tree = jax.tree_util.tree_flatten(frames)
+        specs, spec_tree = jax.tree_util.tree_flatten(self.frame_spec)
+        leaves = [np.asarray(a) for a in leaves]
+        n = leaves[0].shape[0] if leaves and leaves[0].ndim else None
+        if tree != spec_tree or any(
+            a.shape != (n, *s.shape) or a.dtype != s.dtype for a, s in zip(leaves, specs)
+        ):
+            raise ValueError(
+                f"StreamPool.push_block ({layer_name(self.layer)}): stream {stream_id!r} sent "
+                f"{[f'{a.dtype}{list(a.shape)}' for a in leaves]}, expected frames "
+                f"(n, *frame) with frame {[f'{s.dtype}{list(s.shape)}' for s in specs]}."
+            )
+        return jax.tree_util.tree_unflatten(tree, leaves)
+
+    def _block_tick_fn(self, params, states, frames, present, reset):
+        self.traces += 1
+        states = jax.tree_util.tree_map(
+            lambda s, f: jnp.where(_slot_mask(reset, s), f[None], s).astype(s.dtype),
+            states,
+            self._fresh,
+        )
+        states, (ys, valid) = jax.vmap(self.layer.step_block_masked, in_axes=(None, 0, 0, 0))(
+            params, states, frames, present
+        )
+        return states, ys, jnp.logical_and(valid, present)
 
     def _tick_fn(self, params, states, frames, present, reset):
         self.traces += 1  # runs when the tick is traced, not when it runs

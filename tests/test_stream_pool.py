@@ -139,3 +139,48 @@ def test_the_state_is_donated_to_the_tick():
     old = [leaf for leaf in jax.tree_util.tree_leaves(pool.states) if leaf.size > 1]
     pool.push({7: np.ones(FRAME, np.float32)})
     assert old and all(leaf.is_deleted() for leaf in old)
+
+
+def test_blocks_of_ragged_lengths_equal_each_stream_alone():
+    """`push_block`: up to k = 4 frames per stream per tick, any number (0..4) each,
+    mixed with single-frame `push` ticks, opens and closes; one compilation for k."""
+    layer = small_net()
+    params = layer.init(jax.random.PRNGKey(0))
+    pool = co.StreamPool(layer, params, 4, jnp.zeros(FRAME))
+    rng = np.random.default_rng(3)
+    step = jax.jit(layer.step)
+    alone, next_id, checked, ready = {}, 0, 0, 0
+    for t in range(300):
+        if len(pool) < pool.capacity and rng.random() < 0.3:
+            pool.open(next_id)
+            alone[next_id] = Alone(layer, params, step)
+            next_id += 1
+        if len(pool) and rng.random() < 0.05:
+            gone = pool.ids[rng.integers(len(pool))]
+            pool.close(gone)
+            del alone[gone]
+        if t % 5 == 4:  # a single-frame tick now and then
+            sent = {i: rng.standard_normal(FRAME).astype(np.float32) for i in pool.ids}
+            out = {i: (y[None], np.array([v])) for i, (y, v) in pool.push(sent).items()}
+            sent = {i: f[None] for i, f in sent.items()}
+        else:
+            sent = {
+                i: rng.standard_normal((rng.integers(0, 5), *FRAME)).astype(np.float32)
+                for i in pool.ids
+            }
+            out = pool.push_block(sent, k=4)
+        for i, frames in sent.items():
+            ys, valid = out[i]
+            assert ys.shape[0] == valid.shape[0] == frames.shape[0]
+            for y, v, frame in zip(ys, valid, frames, strict=True):
+                y_alone, v_alone = alone[i](frame)
+                assert bool(v) == v_alone, (t, i)
+                np.testing.assert_allclose(y, y_alone, rtol=1e-6, atol=1e-6)
+                checked += 1
+                ready += v_alone
+    assert pool.traces == 2  # the single-frame tick and the k = 4 block tick
+    assert next_id > 10 and checked > 1000 and 0 < ready < checked
+    with pytest.raises(ValueError, match="longer than k = 2"):
+        pool.push_block({pool.ids[0]: np.zeros((3, *FRAME), np.float32)}, k=2)
+    with pytest.raises(ValueError, match="expected frames"):
+        pool.push_block({pool.ids[0]: np.zeros((2, 5), np.float32)})

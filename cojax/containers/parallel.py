@@ -188,6 +188,20 @@ class _Branches(Container):
             for (name, layer), spec in zip(self.children, specs)
         }
 
+    def _block_inputs(self, frames) -> tuple:
+        return self._branch_inputs(frames)
+
+    def step_block_masked(self, params, state, frames, valid_in):
+        # Every branch steps the block its own way; an output is valid where all are.
+        new_state, outs, valid = {}, [], valid_in
+        for (name, layer), x in zip(self.children, self._block_inputs(frames)):
+            new_state[name], (y, v) = layer.step_block_masked(
+                params[name], state[name], x, valid_in
+            )
+            outs.append(y)
+            valid = jnp.logical_and(valid, v)
+        return new_state, (zero_invalid(self._combine(tuple(outs)), valid), valid)
+
     def step(self, params, state, frame):
         inputs = self._branch_inputs(frame)
         new_state, outs, valid = {}, [], jnp.ones((), bool)
@@ -257,6 +271,9 @@ class Parallel(_Branches):
     def _branch_inputs(self, x):
         self.check_frame(x)
         return tuple(x)
+
+    def _block_inputs(self, frames):
+        return tuple(frames)  # checked as frames by step_block
 
     def _combine(self, outputs):
         return tuple(outputs)

@@ -182,6 +182,16 @@ class Sequential(Container):
                 )
         return new_state, (x, valid)
 
+    def step_block_masked(self, params, state, frames, valid_in):
+        # The block through each child in turn; a child's invalid outputs (warm-up,
+        # stride gaps) are masked inputs of the next, as in `step`.
+        new_state, x, valid = {}, frames, valid_in
+        for name, layer in self.children:
+            new_state[name], (x, valid) = layer.step_block_masked(
+                params[name], state[name], x, valid
+            )
+        return new_state, (x, valid)
+
     def flush(self, params, state, frame):
         # The end padding as a pipeline, one child at a time: child i first steps over
         # the tail released by the children before it (in time order), then pads its

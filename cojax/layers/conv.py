@@ -36,7 +36,9 @@ from cojax.core import (
     Array,
     Layer,
     Params,
+    accumulation_dtype,
     advance_counter,
+    advance_counter_block,
     as_int_tuple,
     as_spec,
     check_array,
@@ -45,6 +47,7 @@ from cojax.core import (
     field_alias,
     scan_fill,
     validate_fields,
+    zero_invalid,
     zero_unless,
 )
 from cojax.layers.window import (
@@ -53,6 +56,7 @@ from cojax.layers.window import (
     end_fill_frame,
     init_window,
     push_window,
+    push_window_block,
 )
 
 PADDING_MODES = ("zeros", "replicate")
@@ -257,6 +261,17 @@ class _ConvNd(Layer):
         valid, count = advance_counter(state.count, self.delay, self.stride)
         return WindowState(frames=frames, count=count), (zero_unless(valid, y), valid)
 
+    def step_block_masked(self, params: Params, state: WindowState, frames: Array, valid_in):
+        """k frames as one clip computation: the buffered window and the block's real
+        frames, convolved at temporal stride 1 (k outputs, the strided ones masked),
+        with the kernel a step uses, batched over the k windows."""
+        k, d = frames.shape[0], self.dilation_nd[0]
+        xs = self._pad_spatial(frames)
+        seq, buffer, rank = push_window_block(state, xs, valid_in, self.temporal_fill)
+        ys = self._kernel(params, [seq[j * d : j * d + k] for j in range(self.kernel_size[0])])
+        valid, count = advance_counter_block(state.count, self.delay, self.stride, valid_in)
+        return WindowState(frames=buffer, count=count), (zero_invalid(ys[rank], valid), valid)
+
     def flush(self, params: Params, state: WindowState, frame):
         if self.padding == 0:
             return empty_outputs(self, params, state, frame)
@@ -316,9 +331,9 @@ class _ConvNd(Layer):
             y = self._pointwise(kernel, taps)
         else:
             y = self._dense(kernel, taps)
-        if self.bias:
+        if self.bias:  # y is float32 for 16-bit inputs (accumulation_dtype)
             y = y + params["bias"].astype(y.dtype)
-        return y
+        return y.astype(taps[0].dtype)
 
     def _out_size(self, padded: Sequence[int]) -> tuple[int, ...]:
         """Spatial output size of an already padded input."""
@@ -367,10 +382,11 @@ class _ConvNd(Layer):
         g = self.groups
         x = self._fold([self._shift(t, [0] * self.num_spatial) for t in taps])
         w = self._folded_kernel(kernel).reshape(-1, g, self.out_channels // g)
+        acc = accumulation_dtype(x.dtype)
         if g == 1:
-            return jnp.einsum("...i,io->...o", x, w[:, 0])
+            return jnp.einsum("...i,io->...o", x, w[:, 0], preferred_element_type=acc)
         x = x.reshape(*x.shape[:-1], g, -1)
-        y = jnp.einsum("...gi,igo->...go", x, w)
+        y = jnp.einsum("...gi,igo->...go", x, w, preferred_element_type=acc)
         return y.reshape(*y.shape[:-2], self.out_channels)
 
     def _dense(self, kernel: Array, taps: list[Array]) -> Array:
@@ -399,6 +415,7 @@ class _ConvNd(Layer):
             rhs_dilation=self.dilation_nd[1:],
             dimension_numbers=dims,
             feature_group_count=groups,
+            preferred_element_type=accumulation_dtype(x.dtype),
         )
 
 

@@ -12,15 +12,23 @@ from cojax.core import (
     Layer,
     NoState,
     advance_counter,
+    advance_counter_block,
     as_spec,
     check_config,
     empty_outputs,
     new_counter,
     nonnegative,
     scan_fill,
+    zero_invalid,
     zero_unless,
 )
-from cojax.layers.window import TEMPORAL_FILLS, end_fill_frame, init_window, push_window
+from cojax.layers.window import (
+    TEMPORAL_FILLS,
+    end_fill_frame,
+    init_window,
+    push_window,
+    push_window_block,
+)
 
 SHRINKS = (False, True, "centered", "lagging")
 
@@ -99,6 +107,15 @@ class Delay(Layer):
         valid, count = advance_counter(state.count, self._first_output, 1)
         return state._replace(frames=frames, count=count), (zero_unless(valid, window[0]), valid)
 
+    def step_block_masked(self, params, state, frames, valid_in):
+        if self.delay_frames == 0:
+            return state, (zero_invalid(frames, valid_in), valid_in)
+        # The i-th real frame's output is the oldest frame of its window, seq[i].
+        seq, buffer, rank = push_window_block(state, frames, valid_in, self.temporal_fill)
+        valid, count = advance_counter_block(state.count, self._first_output, 1, valid_in)
+        ys = seq[: frames.shape[0]][rank]
+        return state._replace(frames=buffer, count=count), (zero_invalid(ys, valid), valid)
+
     def flush(self, params, state, frame):
         if self.delay_frames == 0 or self.auto_shrink:
             return empty_outputs(self, params, state, frame)
@@ -135,3 +152,7 @@ class Skip(Layer):
     def step(self, params, state, frame):
         valid, count = advance_counter(state.count, self.steps, 1)
         return Counter(count=count), (zero_unless(valid, frame), valid)
+
+    def step_block_masked(self, params, state, frames, valid_in):
+        valid, count = advance_counter_block(state.count, self.steps, 1, valid_in)
+        return Counter(count=count), (zero_invalid(frames, valid), valid)

@@ -9,7 +9,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from cojax.core import Array, FrameLayer, Params, check_array, check_config
+from cojax.core import Array, FrameLayer, Params, accumulation_dtype, check_array, check_config
 
 
 def uniform_init(key: Array, shape: tuple[int, ...], fan_in: int) -> Array:
@@ -50,7 +50,10 @@ class Linear(FrameLayer):
         check_array(self, frame, channels=self.in_features, layout="(*F, C_in)")
 
     def apply(self, params: Params, x: Array) -> Array:
-        y = jnp.einsum("...i,io->...o", x, params["kernel"].astype(x.dtype))
+        acc = accumulation_dtype(x.dtype)
+        y = jnp.einsum(
+            "...i,io->...o", x, params["kernel"].astype(x.dtype), preferred_element_type=acc
+        )
         if self.bias:
-            y = y + params["bias"].astype(x.dtype)
-        return y
+            y = y + params["bias"].astype(y.dtype)
+        return y.astype(x.dtype)

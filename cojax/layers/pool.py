@@ -33,6 +33,7 @@ from cojax.core import (
     Layer,
     Params,
     advance_counter,
+    advance_counter_block,
     as_int,
     as_int_tuple,
     as_spec,
@@ -45,7 +46,7 @@ from cojax.core import (
     zero_invalid,
     zero_unless,
 )
-from cojax.layers.window import WindowState, init_window, push_window
+from cojax.layers.window import WindowState, init_window, push_window, push_window_block
 
 _FRAME_LAYOUTS = {1: "(C,)", 2: "(W, C)", 3: "(H, W, C)"}
 _FILL = {"max": -math.inf, "avg": 0.0}
@@ -250,6 +251,23 @@ class _Pool(Layer):
         else:
             y = jnp.sum(taps, axis=0) / self._time_divisor()
         return new_state, (zero_unless(valid, y), valid)
+
+    def step_block_masked(self, params: Params, state: PoolState, frames: Array, valid_in):
+        """k frames at once: the buffered window and the block's real frames reduced
+        over time as one clip computation (stride 1, the strided outputs masked)."""
+        if self._masks_padding:  # the divisor's marks: step by step
+            return super().step_block_masked(params, state, frames, valid_in)
+        k_t, s, _, d = self._temporal
+        k = frames.shape[0]
+        seq, buffer, rank = push_window_block(state, self._pool_space(frames), valid_in, "zeros")
+        taps = jnp.stack([seq[j * d : j * d + k] for j in range(k_t)])
+        if self.kind == "max":
+            ys = jnp.max(taps, axis=0)
+        else:
+            ys = jnp.sum(taps, axis=0) / self._time_divisor()
+        valid, count = advance_counter_block(state.count, self.delay, s, valid_in)
+        new_state = state._replace(frames=buffer, count=count)
+        return new_state, (zero_invalid(ys[rank], valid), valid)
 
     def flush(self, params: Params, state: PoolState, frame) -> tuple[Array, Array]:
         """Feed the `padding` frames of end padding (-inf / zeros)."""
