@@ -6,8 +6,9 @@ clip `forward`, serialized with `jax.export`, loadable without the model code.
   `(params_leaves, state_leaves, frames) -> (state_leaves, y_leaves, valid)`; with
   `streams="n"` the leading axis of the state and the frames is symbolic (one
   artefact for any number of streams, `co.step_streams` semantics);
-- `params.npz`, `state.npz`: the params and one stream's initial state, as leaves;
-- `meta.json`: frame shape and dtype, leaf counts, the layer's `repr`.
+- `params.npz`, `state.npz`: the params and one stream's initial state, as leaves
+  "0", "1", ... (bfloat16 leaves as their uint16 bits);
+- `meta.json`: frame shape and dtype, leaf counts and dtypes, the layer's `repr`.
 `export_forward(layer, params, clip, directory)` does the same for `forward` on clips
 shaped like `clip` (`forward.jaxexport`). `load_step` / `load_forward` read them back
 with only jax and numpy (a serving process needs neither cojax's layers nor the
@@ -31,13 +32,28 @@ from cojax.core import Layer, Params, PyTree, as_spec
 STEP, FORWARD = "step.jaxexport", "forward.jaxexport"
 
 
-def _save_leaves(path: Path, leaves: list) -> None:
-    np.savez(path, **{str(i): np.asarray(a) for i, a in enumerate(leaves)})
+def _save_leaves(path: Path, leaves: list) -> list[str]:
+    """Leaves as `.npz` entries "0", "1", ...; a dtype numpy cannot store (bfloat16) is
+    stored as its bits (uint16). Returns every leaf's dtype name (kept in meta.json)."""
+    arrays = [np.asarray(a) for a in leaves]
+    np.savez(
+        path,
+        **{
+            str(i): a.view(f"u{a.dtype.itemsize}") if a.dtype.kind == "V" else a
+            for i, a in enumerate(arrays)
+        },
+    )
+    return [a.dtype.name for a in arrays]
 
 
-def _load_leaves(path: Path) -> list[np.ndarray]:
+def _load_leaves(path: Path, dtypes: list[str] | None = None) -> list[np.ndarray]:
+    import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy; a jax dependency)
+
     with np.load(path) as data:
-        return [data[str(i)] for i in range(len(data.files))]
+        leaves = [data[str(i)] for i in range(len(data.files))]
+    if dtypes is None:
+        return leaves
+    return [a if a.dtype.name == n else a.view(np.dtype(n)) for a, n in zip(leaves, dtypes)]
 
 
 def _spec(a: Any, lead: tuple = ()) -> jax.ShapeDtypeStruct:
@@ -84,8 +100,8 @@ def export_step(
     )
     exported = jax_export.export(jax.jit(flat))(*args)
     (directory / STEP).write_bytes(exported.serialize())
-    _save_leaves(directory / "params.npz", p_leaves)
-    _save_leaves(directory / "state.npz", s_leaves)
+    p_dtypes = _save_leaves(directory / "params.npz", p_leaves)
+    s_dtypes = _save_leaves(directory / "state.npz", s_leaves)
     meta = {
         "kind": "step",
         "layer": repr(layer),
@@ -93,6 +109,8 @@ def export_step(
         "streams": streams,
         "params_leaves": len(p_leaves),
         "state_leaves": len(s_leaves),
+        "params_dtypes": p_dtypes,
+        "state_dtypes": s_dtypes,
     }
     (directory / "meta.json").write_text(json.dumps(meta, indent=2))
     return directory
@@ -111,12 +129,13 @@ def export_forward(layer: Layer, params: Params, clip: Any, directory: str | Pat
     spec = as_spec(clip)
     exported = jax_export.export(jax.jit(flat))([_spec(a) for a in p_leaves], spec)
     (directory / FORWARD).write_bytes(exported.serialize())
-    _save_leaves(directory / "params.npz", p_leaves)
+    p_dtypes = _save_leaves(directory / "params.npz", p_leaves)
     meta = {
         "kind": "forward",
         "layer": repr(layer),
         "clip": {"shape": list(spec.shape), "dtype": np.dtype(spec.dtype).name},
         "params_leaves": len(p_leaves),
+        "params_dtypes": p_dtypes,
     }
     (directory / "meta.json").write_text(json.dumps(meta, indent=2))
     return directory
@@ -127,18 +146,20 @@ def load_step(directory: str | Path) -> tuple[Callable, list[np.ndarray]]:
     state leaves (params bound), and one stream's initial state leaves (tile them
     along a new leading axis for an N-stream artefact)."""
     directory = Path(directory)
+    meta = json.loads((directory / "meta.json").read_text())
     exported = jax_export.deserialize(bytearray((directory / STEP).read_bytes()))
-    params = _load_leaves(directory / "params.npz")
+    params = _load_leaves(directory / "params.npz", meta.get("params_dtypes"))
 
     def step(state, frames):
         return exported.call(params, list(state), frames)
 
-    return step, _load_leaves(directory / "state.npz")
+    return step, _load_leaves(directory / "state.npz", meta.get("state_dtypes"))
 
 
 def load_forward(directory: str | Path) -> Callable:
     """`forward(clip) -> y` of an exported clip network (params bound)."""
     directory = Path(directory)
+    meta = json.loads((directory / "meta.json").read_text())
     exported = jax_export.deserialize(bytearray((directory / FORWARD).read_bytes()))
-    params = _load_leaves(directory / "params.npz")
+    params = _load_leaves(directory / "params.npz", meta.get("params_dtypes"))
     return lambda clip: exported.call(params, clip)
