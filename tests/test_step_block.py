@@ -71,8 +71,15 @@ LAYERS = {
         lambda: co.SingleOutputMultiheadAttention(8, 2, 4),
         (8,),
     ),
-    "small X3D-like CNN": (lambda: small_x3d_like(), (16, 16, 3)),
 }
+SLOW_LAYERS = {  # many kernels to compile per block size: `pytest -m slow` (CI)
+    "small X3D-like CNN": (lambda: small_x3d_like(), (16, 16, 3)),
+    "CoX3D-XS": (lambda: co.x3d("XS"), (32, 32, 3)),
+}
+LAYERS.update(SLOW_LAYERS)
+CASES = [
+    pytest.param(name, marks=pytest.mark.slow if name in SLOW_LAYERS else ()) for name in LAYERS
+]
 
 
 def _params(layer):
@@ -87,18 +94,18 @@ def _assert_trees_close(a, b, atol):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=atol)
 
 
-@pytest.mark.parametrize("name", list(LAYERS))
+@pytest.mark.parametrize("name", CASES)
 def test_blocks_of_random_sizes_equal_single_steps(name):
     make, shape = LAYERS[name]
     layer = make()
     params = _params(layer)
     rng = np.random.default_rng(0)
-    frames = rng.standard_normal((23, *shape)).astype(np.float32)
+    frames = rng.standard_normal((layer.delay + 23, *shape)).astype(np.float32)
     state0 = layer.init_state(params, jnp.zeros(shape))
     state, ys, valid = co.forward_steps(layer, params, state0, jnp.asarray(frames))
 
     block = jax.jit(layer.step_block)
-    sizes = [1, 4, 2, 7, 3, 5, 1]  # sums to 23
+    sizes = [layer.delay, 1, 4, 2, 7, 3, 5, 1]  # the warm-up, then 23 frames
     state_b, ys_b, valid_b, t = state0, [], [], 0
     for k in sizes:
         state_b, (y, v) = block(params, state_b, jnp.asarray(frames[t : t + k]))

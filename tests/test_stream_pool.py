@@ -184,3 +184,29 @@ def test_blocks_of_ragged_lengths_equal_each_stream_alone():
         pool.push_block({pool.ids[0]: np.zeros((3, *FRAME), np.float32)}, k=2)
     with pytest.raises(ValueError, match="expected frames"):
         pool.push_block({pool.ids[0]: np.zeros((2, 5), np.float32)})
+
+
+def test_a_bfloat16_pool_equals_bfloat16_streams_alone_and_is_close_to_float32():
+    layer = co.Sequential(co.Conv1d(3, 8, 3), co.BatchNorm1d(8), co.ReLU(), co.Linear(8, 2))
+    params = layer.init(jax.random.PRNGKey(0))  # float32 params, cast by each layer
+    pools = {
+        dtype: co.StreamPool(layer, params, 3, jnp.zeros(FRAME, dtype))
+        for dtype in (jnp.float32, jnp.bfloat16)
+    }
+    alone = layer.init_state(params, jnp.zeros(FRAME, jnp.bfloat16))
+    step = jax.jit(layer.step)
+    for pool in pools.values():
+        pool.open("a")
+    rng = np.random.default_rng(5)
+    worst, scale = 0.0, 0.0
+    for _ in range(20):
+        frame = rng.standard_normal(FRAME).astype(np.float32)
+        y32, _ = pools[jnp.float32].push({"a": frame})["a"]
+        y16, valid = pools[jnp.bfloat16].push({"a": frame.astype(jnp.bfloat16)})["a"]
+        alone, (y_alone, _) = step(params, alone, jnp.asarray(frame, jnp.bfloat16))
+        assert y16.dtype == jnp.bfloat16
+        np.testing.assert_array_equal(np.asarray(y16, np.float32), np.asarray(y_alone, np.float32))
+        if valid:
+            worst = max(worst, float(np.abs(np.asarray(y16, np.float32) - y32).max()))
+            scale = max(scale, float(np.abs(y32).max()))
+    assert scale > 0 and worst / scale < 2e-2
