@@ -361,6 +361,7 @@ def test_grouped_conv_fuses_to_a_smaller_grouped_conv(groups):
 # --------------------------------------------------------------------------- continual
 
 
+@pytest.mark.slow  # moved to the slow set (CI runs it) to keep the fast set under 8 min
 def test_adapted_pruned_layers_stream_like_their_clip_form():
     from cojax.adapters.continual import continual_conv, continual_linear
     from cojax.containers import Sequential
@@ -569,6 +570,7 @@ def test_adapter_network_passes_the_train_mode_contract():
     verify_contract(net, (6, 3), params=params, check_training=True)
 
 
+@pytest.mark.slow  # moved to the slow set (CI runs it) to keep the fast set under 8 min
 def test_adapter_convs_stream_inside_sequential_and_train():
     """`AdapterConv`: an SPLoRA / SPPaRA conv with its own variables as a continual
     layer: equal to the Flax module on the clip, streams, trains (adapter only)."""

@@ -52,7 +52,7 @@ def _stream(layer, params, x):
 @pytest.mark.parametrize(
     "layer",
     [
-        RetroactiveMultiheadAttention(E, H, N),
+        pytest.param(RetroactiveMultiheadAttention(E, H, N), marks=pytest.mark.slow),
         SingleOutputMultiheadAttention(E, H, N),
         SingleOutputMultiheadAttention(E, H, N, query_index=1),
         SingleOutputMultiheadAttention(E, 1, N, query_index=-3, bias=False),

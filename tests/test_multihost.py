@@ -96,6 +96,7 @@ def test_two_processes_equal_one(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_half_batch_statistics_differ_from_the_global_ones():
     """What the comparison above rules out: BatchNorm moved with one process's half of
     the batch gives running statistics far from the global batch's."""

@@ -17,6 +17,7 @@ TINY = dict(input_dim=6, num_classes=3, embed_dim=8, num_heads=2, num_landmarks=
             sequence_len=4, dim_feedforward=12)  # fmt: skip
 
 
+@pytest.mark.slow  # moved to the slow set (CI runs it) to keep the fast set under 8 min
 def test_classifier_contract():
     layer = NystromLayer(NystromformerClassifier(**TINY, num_layers=1, landmarks="updated"))
     assert layer.delay == 3

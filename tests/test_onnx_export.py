@@ -123,7 +123,10 @@ EXPORTS = {
 }
 
 
-@pytest.mark.parametrize("name", list(EXPORTS))
+# The fast set converts one (the GRU, a scan); `pytest -m slow` (CI) all of them.
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=() if n == "GRU" else pytest.mark.slow) for n in EXPORTS]
+)
 def test_layer_exports_and_reloads(name, tmp_path):
     make, shape = EXPORTS[name]
     layer = make()
@@ -139,7 +142,7 @@ def test_layer_exports_and_reloads(name, tmp_path):
             np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("streams", [4, "n"])
+@pytest.mark.parametrize("streams", [pytest.param(4, marks=pytest.mark.slow), "n"])
 def test_multi_stream_export(streams, tmp_path):
     layer = conv_network()
     params = _params(layer)

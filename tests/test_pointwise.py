@@ -191,7 +191,9 @@ def test_param_layer_matches_torch(case):
     check_against_torch(layer, params, module, (T, *frame), layout)
 
 
-@pytest.mark.parametrize("group", ["activations", "with-params"])
+@pytest.mark.parametrize(
+    "group", ["activations", pytest.param("with-params", marks=pytest.mark.slow)]
+)
 def test_contract_of_every_layer(group):
     """verify_contract for every activation and dropout, and every Linear and norm with
     randomised params (BN stats, affine, PReLU); each group bundled into one layer to

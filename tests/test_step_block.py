@@ -77,9 +77,16 @@ SLOW_LAYERS = {  # many kernels to compile per block size: `pytest -m slow` (CI)
     "CoX3D-XS": (lambda: co.x3d("XS"), (32, 32, 3)),
 }
 LAYERS.update(SLOW_LAYERS)
-CASES = [
-    pytest.param(name, marks=pytest.mark.slow if name in SLOW_LAYERS else ()) for name in LAYERS
-]
+# The fast set keeps one case of each mechanism (dilated strided conv, dense Conv3d,
+# strided pipeline, residual, parallel branches); `pytest -m slow` (CI) runs them all.
+FAST = {
+    "Conv1d stride 2, dilation 2, padding 2",
+    "Conv3d dense, spatial stride",
+    "Sequential with strided and pooled children",
+    "Residual",
+    "Parallel of a conv and a delay, concatenated",
+}
+CASES = [pytest.param(name, marks=() if name in FAST else pytest.mark.slow) for name in LAYERS]
 
 
 def _params(layer):
@@ -122,10 +129,10 @@ def test_blocks_of_random_sizes_equal_single_steps(name):
     "name",
     [
         "Conv1d stride 2, dilation 2, padding 2",
-        "Conv1d replicate fill",
+        pytest.param("Conv1d replicate fill", marks=pytest.mark.slow),
         "MaxPool1d stride 2",
-        "Delay replicate, Skip",
-        "Parallel of a conv and a delay, concatenated",
+        pytest.param("Delay replicate, Skip", marks=pytest.mark.slow),
+        pytest.param("Parallel of a conv and a delay, concatenated", marks=pytest.mark.slow),
     ],
 )
 def test_masked_blocks_equal_masked_steps(name):

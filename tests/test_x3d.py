@@ -385,6 +385,7 @@ def test_clip_se_streaming_contract():
     )
 
 
+@pytest.mark.slow  # moved to the slow set (CI runs it) to keep the fast set under 8 min
 def test_replicate_fill_steps_equal_forward():
     # "replicate" pads forward's clip with copies of its first/last frame, as the steps do.
     model, _, params = _tiny_pair(temporal_fill="replicate", head_activation=None)
