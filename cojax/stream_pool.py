@@ -219,23 +219,23 @@ class StreamPool:
 
     def _block_tick_fn(self, params, states, frames, present, reset):
         self.traces += 1
-        states = jax.tree_util.tree_map(
-            lambda s, f: jnp.where(_slot_mask(reset, s), f[None], s).astype(s.dtype),
-            states,
-            self._fresh,
-        )
+        states = self._reset_slots(states, reset)
         states, (ys, valid) = jax.vmap(self.layer.step_block_masked, in_axes=(None, 0, 0, 0))(
             params, states, frames, present
         )
         return states, ys, jnp.logical_and(valid, present)
 
-    def _tick_fn(self, params, states, frames, present, reset):
-        self.traces += 1  # runs when the tick is traced, not when it runs
-        states = jax.tree_util.tree_map(
+    def _reset_slots(self, states, reset):
+        """The slots marked in `reset` back to a fresh stream's state."""
+        return jax.tree_util.tree_map(
             lambda s, f: jnp.where(_slot_mask(reset, s), f[None], s).astype(s.dtype),
             states,
             self._fresh,
         )
+
+    def _tick_fn(self, params, states, frames, present, reset):
+        self.traces += 1  # runs when the tick is traced, not when it runs
+        states = self._reset_slots(states, reset)
         stepped, (ys, valid) = jax.vmap(self.layer.step, in_axes=(None, 0, 0))(
             params, states, frames
         )
