@@ -47,6 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
+from harness import environment
 from jax import lax
 
 from cojax.layers.attention import (
@@ -426,20 +427,6 @@ def json_safe(tree: Any) -> Any:
     return tree
 
 
-def environment(load_start: tuple, started: float) -> dict:
-    """Versions, threads and machine load of the run (bench_streaming's keys)."""
-    return {
-        "jax_version": jax.__version__,
-        "torch_version": torch.__version__,
-        "continual_inference_version": continual.__version__,
-        "cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "load_average_start": load_start,
-        "load_average_end": os.getloadavg(),
-        "runtime_s": time.perf_counter() - started,
-    }
-
-
 def run_scenario(name: str, scenario: dict, runner, init_states, budget_s: float) -> dict:
     """cojax and the torch reference on one scenario, with its summary and table."""
     params = make_params(scenario["in_scale"])
@@ -475,7 +462,7 @@ def main() -> None:
         "--torch-budget", type=float, default=60.0, help="seconds of torch forward_step per scale"
     )
     args = parser.parse_args()
-    started, load_start = time.perf_counter(), os.getloadavg()
+    load_start = os.getloadavg()
     torch.set_num_threads(1)  # one token per step: tiny ops, no OpenMP pool on a shared box
     print(f"load average at start: {load_start}; jax {jax.__version__}, torch "
           f"{torch.__version__}, continual-inference {continual.__version__}", flush=True)  # fmt: skip
@@ -506,7 +493,7 @@ def main() -> None:
         "fresh_float32_tolerance": FRESH_TOLERANCE,
         "checks": checks,
         "scenarios": results,
-        **environment(load_start, started),
+        **environment(continual_inference_version=continual.__version__),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "attention_drift.json"

@@ -16,15 +16,13 @@ Writes experiments/results/block_steps.{json,png}.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from bench_streaming import cojax_network, matmul_gflops, timeit
+from bench_streaming import cojax_network
+from harness import environment, matmul_gflops, timeit, write_json
 
 import cojax as co
 from cojax.demo_models import init_random
@@ -144,21 +142,14 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=2.0, help="seconds per row")
     args = parser.parse_args()
     jax.config.update("jax_default_matmul_precision", "highest")
-    started, load = time.time(), os.getloadavg()
     peak = matmul_gflops(2048, args.budget, "jax")
     print(f"XLA f32 2048² matmul: {peak:.0f} GFLOP/s")
     rows = []
     for name, (layer, shape) in models().items():
         rows += bench(name, layer, shape, (1, args.streams), args.budget, peak)
     RESULTS.mkdir(exist_ok=True)
-    meta = {
-        "jax": jax.__version__,
-        "cpus": os.cpu_count(),
-        "load_average_at_start": load,
-        "seconds": time.time() - started,
-        "matmul_peak_gflop_per_s": peak,
-    }
-    (RESULTS / "block_steps.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    meta = {**environment(), "matmul_peak_gflop_per_s": peak}
+    write_json("block_steps", {"meta": meta, "rows": rows})
     plot(rows, RESULTS / "block_steps.png")
     print(f"wrote {RESULTS / 'block_steps.json'} and block_steps.png")
 

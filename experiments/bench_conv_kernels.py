@@ -39,7 +39,10 @@ import torch
 import torch.nn.functional as F
 from jax import lax
 
-from cojax.layers.conv import Conv3d
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import environment, timeit, torch_timeit, write_json  # noqa: E402
+
+from cojax.layers.conv import Conv3d  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STREAMS = 64
@@ -47,24 +50,6 @@ CASES = {
     "depthwise": dict(channels=216, out=216, size=20, groups=216),
     "dense": dict(channels=32, out=32, size=28, groups=1),
 }
-
-
-def timeit(fn, *args, min_repeats: int = 3, budget_s: float = 0.5) -> tuple[float, float]:
-    """(median, min) wall time of `fn(*args)` in ms, after a warm-up call (compiles)."""
-    jax.block_until_ready(fn(*args))
-    times, start = [], time.perf_counter()
-    while len(times) < min_repeats or time.perf_counter() - start < budget_s:
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-        if len(times) >= 200:
-            break
-    return 1e3 * float(np.median(times)), 1e3 * float(np.min(times))
-
-
-def torch_timeit(fn, *args, **kw) -> tuple[float, float]:
-    with torch.inference_mode():
-        return timeit(fn, *args, **kw)
 
 
 def analytic_flops(case: dict) -> float:
@@ -385,19 +370,14 @@ def main() -> None:
         "description": "One continual conv step (3-frame window -> 1 frame), spatial padding 1. "
         "ms: median (and min) after a warm-up call, jit; per stream = call / streams; "
         "'forward (per frame)' = 16-frame clip / 16. GFLOP/s: analytic FLOPs / median.",
-        "jax_version": jax.__version__,
-        "torch_version": torch.__version__,
-        "cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "load_average_at_start": os.getloadavg()[0],
         "cases": CASES,
         "analytic_flops_per_step": {k: analytic_flops(v) for k, v in CASES.items()},
         "peak_matmul": peak,
         "cojax_paths": paths,
         "rows": rows,
-        "runtime_s": time.time() - start,
+        **environment(),
     }
-    (RESULTS / "conv_kernels.json").write_text(json.dumps(out, indent=2))
+    write_json("conv_kernels", out)
     plot(rows, RESULTS / "conv_kernels.png")
     print(
         f"\nwrote {RESULTS / 'conv_kernels.json'} and conv_kernels.png in {time.time() - start:.0f} s"

@@ -52,8 +52,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from bench_streaming import (  # noqa: E402
-    _no_sync,
+from harness import (  # noqa: E402
+    compiled,
+    copy_tree,
+    donated_calls,
     environment,
     matmul_gflops,
     max_diff,
@@ -61,7 +63,7 @@ from bench_streaming import (  # noqa: E402
     timeit,
     torch_report,
 )
-from bench_transformer import compiled, copy_tree, donated_calls  # noqa: E402
+from harness import no_sync as _no_sync  # noqa: E402
 from stgcn_torch import ContinualSkeletonsNet, randomize  # noqa: E402
 
 import cojax as co  # noqa: E402
@@ -352,7 +354,7 @@ def main() -> None:
         "speedups": speedups,
         "info": info,
         "rows": rows,
-        **environment(report, load_start, started),
+        **environment(report),
     }
     (RESULTS / "stgcn_speed.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / "stgcn_speed.md").write_text(

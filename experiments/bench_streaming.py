@@ -39,7 +39,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import jax
@@ -47,7 +46,18 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-import cojax as co
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import (  # noqa: E402
+    environment,
+    matmul_gflops,
+    max_diff,
+    run_torch_process,
+    timeit,
+    torch_report,
+)
+from harness import no_sync as _no_sync  # noqa: E402
+
+import cojax as co  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LAYERS, CHANNELS, SIZE, STREAMS = 10, 32, 28, 64
@@ -129,35 +139,6 @@ def analytic_flops() -> tuple[float, float]:
 
 
 # --------------------------------------------------------------------------- timing
-
-
-def timeit(
-    fn, *args, budget_s: float = 1.0, min_repeats: int = 3, sync=jax.block_until_ready
-) -> tuple[float, float]:
-    """(median, min) ms of `sync(fn(*args))` after one warm-up call; repeats for `budget_s`."""
-    sync(fn(*args))
-    times, start = [], time.perf_counter()
-    while len(times) < min_repeats or (time.perf_counter() - start < budget_s and len(times) < 200):
-        t0 = time.perf_counter()
-        sync(fn(*args))
-        times.append(1e3 * (time.perf_counter() - t0))
-    return float(np.median(times)), float(np.min(times))
-
-
-def matmul_gflops(n: int, budget: float, framework: str) -> float:
-    """Practical f32 ceiling: GFLOP/s of an n×n matmul in XLA ("jax") or torch."""
-    if framework == "jax":
-        a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
-        ms, _ = timeit(jax.jit(lambda a: a @ a), a, budget_s=budget)
-    else:
-        t = torch.randn(n, n)
-        with torch.inference_mode():
-            ms, _ = timeit(lambda t: t @ t, t, budget_s=budget, sync=_no_sync)
-    return 2.0 * n**3 / ms / 1e6
-
-
-def _no_sync(x):
-    return x  # torch CPU ops are synchronous
 
 
 def stream_frames(streams: int, seed: int = 1) -> np.ndarray:
@@ -265,33 +246,7 @@ def torch_only(budget: float, out: str) -> dict:
         outputs.update({f"{k}_{streams}": v for k, v in o.items()})
     rows += torch_one_thread_rows(co_net, clip_net, budget)
     np.savez(out, **outputs)
-    return torch_report(rows, budget)
-
-
-def torch_report(rows: list[dict], budget: float, matmul_n: int = MATMUL_N) -> dict:
-    """What a `--torch-only` process reports: its rows, torch's matmul peak, threads."""
-    return {
-        "rows": rows,
-        "torch_matmul_gflops_per_s": matmul_gflops(matmul_n, budget, "torch"),
-        "torch_threads": torch.get_num_threads(),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)"),
-    }
-
-
-def run_torch_process(
-    script: str, args: list[str], out: str, budget: float, env: dict, timeout: int
-) -> tuple[dict, dict]:
-    """Run `script --torch-only *args out --budget budget` in a fresh process (no XLA
-    thread pool beside torch's); its JSON report (last stdout line) and the arrays it
-    saved to `out` (.npz)."""
-    cmd = [sys.executable, script, "--torch-only", *args, out, "--budget", str(budget)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        raise RuntimeError(f"torch rows failed:\n{proc.stderr}")
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
-    with np.load(out) as data:
-        outputs = {k: data[k] for k in data.files}
-    return report, outputs
+    return torch_report(rows, budget, MATMUL_N)
 
 
 def run_torch(budget: float, omp_wait_policy: str) -> tuple[dict, dict]:
@@ -325,24 +280,6 @@ def flag_rows(budget: float) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- reporting
-
-
-def environment(torch_report: dict, load_start: tuple, started: float) -> dict:
-    """Versions, threads and machine load of a benchmark run, for its JSON record."""
-    return {
-        "jax_version": jax.__version__,
-        "torch_version": torch.__version__,
-        "cpus": os.cpu_count(),
-        "torch_threads": torch_report["torch_threads"],
-        "omp_wait_policy": torch_report["omp_wait_policy"],
-        "load_average_start": load_start,
-        "load_average_end": os.getloadavg(),
-        "runtime_s": time.perf_counter() - started,
-    }
-
-
-def max_diff(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(np.asarray(a) - np.asarray(b)).max())
 
 
 def _cell(r: dict | None, key: str, fmt: str) -> str:
@@ -423,7 +360,6 @@ def main() -> None:
         print(json.dumps(torch_only(args.budget, args.torch_only)))
         return
 
-    started = time.perf_counter()
     load_start = os.getloadavg()
     print(f"load average at start: {load_start}; cpus {os.cpu_count()}, "
           f"jax {jax.__version__}, torch {torch.__version__}", flush=True)  # fmt: skip
@@ -491,7 +427,7 @@ def main() -> None:
         "anchors_ms_batch1": ANCHORS_MS,
         "checks": {str(k): v for k, v in checks.items()},
         "rows": rows,
-        **environment(torch_report, load_start, started),
+        **environment(torch_report),
     }
     (RESULTS / "streaming.json").write_text(json.dumps(result, indent=2))
     plot(rows, RESULTS / "streaming.png")

@@ -54,8 +54,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_streaming import (  # noqa: E402
-    _no_sync,
+from harness import (  # noqa: E402
+    compiled,
+    copy_tree,
+    donated_calls,
     environment,
     matmul_gflops,
     max_diff,
@@ -63,6 +65,7 @@ from bench_streaming import (  # noqa: E402
     timeit,
     torch_report,
 )
+from harness import no_sync as _no_sync  # noqa: E402
 
 import cojax as co  # noqa: E402
 from cojax.flops import compiled_flops  # noqa: E402
@@ -246,35 +249,6 @@ def run_torch(refs: dict, params: dict, budget: float) -> tuple[dict, dict]:
 
 
 # --------------------------------------------------------------------------- cojax side
-
-
-def compiled(fn, *args, donate: bool = False):
-    """(executable of `jax.jit(fn)` for `args`, seconds to lower and compile);
-    `donate=True` donates argument 1 (the state)."""
-    t0 = time.perf_counter()
-    exe = jax.jit(fn, donate_argnums=(1,) if donate else ()).lower(*args).compile()
-    return exe, time.perf_counter() - t0
-
-
-def copy_tree(tree):
-    return jax.tree_util.tree_map(jnp.copy, tree)
-
-
-def donated_calls(exe, params, state, x) -> tuple:
-    """A no-argument call of the donating `exe` that feeds each returned state into the
-    next call (the donated input is dead afterwards), and a check that donation
-    happened (the first input's buffers deleted)."""
-    box = {"state": state}
-    first = jax.tree_util.tree_leaves(state)
-
-    def call():
-        box["state"], out = exe(params, box["state"], x)
-        return out
-
-    def honoured() -> bool:
-        return all(leaf.is_deleted() for leaf in first if leaf.size > 1)
-
-    return call, honoured
 
 
 def run_steps(step, params, state, frames: jnp.ndarray, axis: int = 0):
@@ -554,7 +528,7 @@ def main() -> None:
         "checks": check,
         "info": info,
         "rows": rows,
-        **environment(torch_report, load_start, started),
+        **environment(torch_report),
     }
     (RESULTS / "transformer_speed.json").write_text(json.dumps(result, indent=2))
     plot(rows, speedups, RESULTS / "transformer_speed.png")

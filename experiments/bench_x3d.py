@@ -51,8 +51,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_streaming import (  # noqa: E402
-    _no_sync,
+from harness import (  # noqa: E402
+    compiled,
     environment,
     matmul_gflops,
     max_diff,
@@ -60,6 +60,7 @@ from bench_streaming import (  # noqa: E402
     timeit,
     torch_report,
 )
+from harness import no_sync as _no_sync  # noqa: E402
 
 import cojax as co  # noqa: E402
 from cojax.demo_models import num_params  # noqa: E402
@@ -157,13 +158,6 @@ def row(impl: str, streams: int, ms: float, best: float, flops: float | None = N
         "xla_gflop_per_stream": None if flops is None else flops / 1e9,
         "gflops_per_s": None if flops is None else flops * streams / ms / 1e6,
     }
-
-
-def compiled(fn, *args):
-    """(executable, seconds to lower and compile)."""
-    t0 = time.perf_counter()
-    exe = jax.jit(fn).lower(*args).compile()
-    return exe, time.perf_counter() - t0
 
 
 def bench_cojax(models: dict, budget: float) -> tuple[list[dict], dict, dict]:
@@ -303,7 +297,6 @@ def main() -> None:
         create_x3d = require_create_x3d()
     except ImportError as error:
         sys.exit(f"bench_x3d: {error}")
-    started = time.perf_counter()
     load_start = os.getloadavg()
     print(f"load average at start: {load_start}; cpus {os.cpu_count()}, "
           f"jax {jax.__version__}, torch {torch.__version__}", flush=True)  # fmt: skip
@@ -417,7 +410,7 @@ def main() -> None:
         "checks": checks,
         "compile_s": info["compile_s"],
         "rows": rows,
-        **environment(torch_report, load_start, started),
+        **environment(torch_report),
     }
     (RESULTS / "x3d_speed.json").write_text(json.dumps(result, indent=2))
     plot(rows, speedups, RESULTS / "x3d_speed.png")

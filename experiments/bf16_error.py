@@ -20,16 +20,14 @@ Writes experiments/results/bf16_error.json.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import tempfile
-import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from bench_streaming import cojax_network
+from harness import environment, write_json
 
 import cojax as co
 from cojax.demo_models import init_random, small_x3d_like
@@ -85,7 +83,6 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=4)
     parser.add_argument("--frames", type=int, default=24)
     args = parser.parse_args()
-    started, load = time.time(), os.getloadavg()
     rows = []
     for name, (layer, shape) in models().items():
         params = params_for(layer)
@@ -119,17 +116,8 @@ def main() -> None:
             f"{r['exported_bf16_vs_pool_bf16_max_abs']:.2e}",
             flush=True,
         )
-    meta = {
-        "jax": jax.__version__,
-        "cpus": os.cpu_count(),
-        "load_average_at_start": load,
-        "seconds": time.time() - started,
-        "streams": args.streams,
-        "frames": args.frames,
-    }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "bf16_error.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    print(f"wrote {RESULTS / 'bf16_error.json'}")
+    meta = environment(streams=args.streams, frames=args.frames)
+    print("wrote", write_json("bf16_error", {"meta": meta, "rows": rows}))
 
 
 if __name__ == "__main__":

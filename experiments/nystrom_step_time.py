@@ -13,35 +13,39 @@ Writes experiments/results/nystrom_step_time.json.
 from __future__ import annotations
 
 import json
-import os
-import time
+import sys
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-import cojax as co
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import (  # noqa: E402
+    compiled,
+    copy_tree,
+    donated_calls,
+    environment,
+    markdown_table,
+    timeit,
+    write_json,
+)
+
+import cojax as co  # noqa: E402
 
 E, H, SIZES, LANDMARKS = 256, 4, (64, 256, 1024), (4, 16)
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def step_ms(layer: co.Layer, params, calls: int = 50) -> float:
+def step_ms(layer: co.Layer, params, budget: float = 0.5) -> float:
     """Median ms of a donated, jitted step (the state fed back each call)."""
     frame = jnp.ones((E,), jnp.float32)
-    step = jax.jit(layer.step, donate_argnums=1)
     state = layer.init_state(params, frame)
-    for _ in range(3):
-        state, _ = step(params, state, frame)
-    jax.block_until_ready(state)
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        state, (y, _) = step(params, state, frame)
-        jax.block_until_ready(y)
-        times.append(time.perf_counter() - start)
-    return 1e3 * float(np.median(times))
+    exe, _ = compiled(layer.step, params, state, frame, donate=True)
+    call, honoured = donated_calls(exe, params, copy_tree(state), frame)
+    ms, _ = timeit(call, budget_s=budget)
+    if not honoured():
+        raise RuntimeError(f"{type(layer).__name__}: the state was not donated")
+    return ms
 
 
 def main() -> None:
@@ -57,18 +61,14 @@ def main() -> None:
             rows.append({"method": "continual Nyström fixed, single-output", "m": m, "n": n,
                          "ms": step_ms(layer, layer.init(jax.random.PRNGKey(0)))})  # fmt: skip
         print(json.dumps(rows[-3:]), flush=True)
-    RESULTS.mkdir(exist_ok=True)
-    meta = {"jax": jax.__version__, "load_average": os.getloadavg(), "E": E, "heads": H}
-    (RESULTS / "nystrom_step_time.json").write_text(
-        json.dumps({"meta": meta, "rows": rows}, indent=2)
-    )
-    print("| method | m | " + " | ".join(f"n = {n}" for n in SIZES) + " |")
-    print("|---|---|" + "---|" * len(SIZES))
+    write_json("nystrom_step_time", {"meta": environment(E=E, heads=H), "rows": rows})
+    table = []
     for method, m in [("continual single-output attention", None)] + [
         ("continual Nyström fixed, single-output", m) for m in LANDMARKS
     ]:
         cells = [f"{r['ms']:.3f}" for r in rows if r["method"] == method and r["m"] == m]
-        print(f"| {method} | {m or '—'} | " + " | ".join(cells) + " |")
+        table.append([method, m or "—", *cells])
+    print(markdown_table(["method", "m", *(f"n = {n}" for n in SIZES)], table))
 
 
 if __name__ == "__main__":

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from harness import environment, write_json
 
 import cojax as co
 from cojax.demo_models import init_random, small_x3d_like
@@ -155,12 +155,8 @@ def main() -> None:
             row["streams"] = run_args.streams
             results[name].append(row)
             print(f"{name}, {capacity} slots: {json.dumps(row)}", flush=True)
-    RESULTS.mkdir(exist_ok=True)
-    meta = {"streams": args.streams, "frames_per_stream": args.frames, "cpus": os.cpu_count(),
-            "jax": jax.__version__}  # fmt: skip
-    (RESULTS / "pool_load.json").write_text(
-        json.dumps({"meta": meta, "results": results}, indent=2) + "\n"
-    )
+    meta = environment(streams=args.streams, frames_per_stream=args.frames)
+    write_json("pool_load", {"meta": meta, "results": results})
     plot(results, RESULTS / "pool_load.png")
     print("\n| model | slots | frames/s | tick p50 / p99 / max ms | checked streams, max |Δ| |")
     print("|---|---|---|---|---|")
