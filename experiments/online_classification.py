@@ -624,15 +624,16 @@ def table(models: dict) -> str:
 
 def plot(models: dict, dataset: str, name: str, directory: Path | None = None) -> None:
     fig, (curve_ax, flops_ax) = figure(ncols=2)
-    for model, m in models.items():
+    for i, (model, m) in enumerate(models.items()):
         curve = np.asarray(m["cojax"]["early_curve_mean"])
         frames = np.arange(1, len(curve) + 1)
-        curve_ax.plot(frames, 100 * curve, label=f"cojax {model} (step)")
+        color = f"C{i}"
+        curve_ax.plot(frames, 100 * curve, color=color, label=f"cojax {model} (step)")
         if "torch" in m:
-            curve_ax.plot(frames, 100 * np.asarray(m["torch"]["early_curve_mean"]), "--",
-                          label=f"PyTorch {model} (clip)")  # fmt: skip
+            torch_curve = 100 * np.asarray(m["torch"]["early_curve_mean"])
+            curve_ax.plot(frames, torch_curve, "--", color=color, label=f"PyTorch {model} (clip)")
         for kind, style in (("continual_step", "-"), ("clip_per_window", ":")):
-            flops_ax.plot(frames * m["flops"][kind] / 1e6, 100 * curve, style,
+            flops_ax.plot(frames * m["flops"][kind] / 1e6, 100 * curve, style, color=color,
                           label=f"{model} {kind.replace('_', ' ')}")  # fmt: skip
     curve_ax.set(
         xlabel="frames seen", ylabel="test accuracy (%)", title=f"{dataset}: early classification"

@@ -1,0 +1,202 @@
+"""Where the 64-stream anchor step's time goes: XLA:CPU's convolution itself.
+
+    python experiments/xla_conv_wall.py [--budget 1.0] [--streams 64]
+
+One layer of the anchor network at 64 streams (3-frame window, 28×28, 32 -> 32
+channels, 3×3×3 kernel, spatial padding 1): every formulation XLA:CPU offers for the
+continual step's convolution, the `co.Conv3d` step itself (vmapped, state donated),
+the same convolution in torch (oneDNN), and both frameworks' f32 matmul peaks, in one
+run. Formulations:
+
+- `conv3d`: one `lax.conv_general_dilated` over the window `(S, 3, H, W, C)`;
+- `fold + conv2d`: the temporal taps folded into channels, one 2D conv `3C -> C`
+  (what `co.Conv3d`'s step does), with and without the fold's copy;
+- `partials conv2d`: the newest frame against all temporal taps, `C -> 3C` (the
+  continual-inference formulation: partial sums carried in the state);
+- `3 × conv2d`: one 2D conv per temporal tap, summed;
+- `9 shifted matmuls`, `im2col + matmul`: the convolution as matmuls over taps;
+- `batch folded into rows`: the 64 frames stacked along H (one image, 2D conv).
+
+The ratio `co.Conv3d step / best bare formulation` is the "everything around the
+convolution" cost; `best XLA formulation / torch conv` and `/ matmul peak` show the
+wall. Writes `experiments/results/xla_conv_wall.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import (  # noqa: E402
+    compiled,
+    copy_tree,
+    donated_calls,
+    environment,
+    markdown_table,
+    matmul_gflops,
+    run_torch_process,
+    timeit,
+    torch_report,
+    torch_timeit,
+    write_json,
+)
+
+import cojax as co  # noqa: E402
+
+H, C, KT = 28, 32, 3
+DN2 = ("NHWC", "HWIO", "NHWC")
+
+
+def conv2d(x, w):
+    return lax.conv_general_dilated(x, w, (1, 1), [(1, 1), (1, 1)], dimension_numbers=DN2)
+
+
+def im2col(x):
+    p = jnp.pad(x, [(0, 0), (1, 1), (1, 1), (0, 0)])
+    return jnp.concatenate([p[:, a : a + H, b : b + H] for a in range(3) for b in range(3)], -1)
+
+
+def formulations(kernel):
+    """name -> (function, which input: "window" (S,3,H,W,C), "folded" (S,H,W,3C), "frame")."""
+    folded_w = jnp.moveaxis(kernel, 0, 2).reshape(3, 3, KT * C, C)
+    partial_w = jnp.moveaxis(kernel, 0, 3).reshape(3, 3, C, KT * C)
+
+    def fold(win):
+        return jnp.moveaxis(win, 1, -2).reshape(*win.shape[:1], H, H, KT * C)
+
+    def shifted(win):
+        p = jnp.pad(fold(win), [(0, 0), (1, 1), (1, 1), (0, 0)])
+        return sum(
+            jnp.einsum("shwc,co->shwo", p[:, a : a + H, b : b + H], folded_w[a, b])
+            for a in range(3)
+            for b in range(3)
+        )
+
+    def rows(frame):
+        s = frame.shape[0]
+        x = jnp.pad(frame, [(0, 0), (0, 1), (0, 0), (0, 0)]).reshape(1, s * (H + 1), H, C)
+        return conv2d(x, partial_w)
+
+    dn3 = ("NDHWC", "DHWIO", "NDHWC")
+    return {
+        "conv3d": (lambda w: lax.conv_general_dilated(w, kernel, (1, 1, 1), [(0, 0), (1, 1), (1, 1)],
+                                                      dimension_numbers=dn3), "window"),  # fmt: skip
+        "fold + conv2d": (lambda w: conv2d(fold(w), folded_w), "window"),
+        "conv2d on pre-folded taps": (lambda x: conv2d(x, folded_w), "folded"),
+        "partials conv2d (C -> 3C)": (lambda f: conv2d(f, partial_w), "frame"),
+        "3 × conv2d, summed": (lambda w: sum(conv2d(w[:, j], kernel[j]) for j in range(KT)), "window"),
+        "9 shifted matmuls": (shifted, "window"),
+        "im2col + matmul (fold)": (lambda x: im2col(x) @ folded_w.reshape(-1, C), "folded"),
+        "batch folded into rows": (rows, "frame"),
+    }  # fmt: skip
+
+
+def torch_rows(streams: int, budget: float) -> list[dict]:
+    import torch
+    import torch.nn.functional as F
+
+    w3 = torch.randn(C, C, KT, 3, 3)
+    cases = {
+        "torch conv3d (oneDNN)": (lambda x: F.conv3d(x, w3, padding=(0, 1, 1)),
+                                  torch.randn(streams, C, KT, H, H)),
+        "torch conv2d on folded taps": (lambda x: F.conv2d(x, w3.reshape(C, KT * C, 3, 3), padding=1),
+                                        torch.randn(streams, KT * C, H, H)),
+        "torch partials conv2d (C -> 3C)": (lambda x: F.conv2d(x, torch.randn(KT * C, C, 3, 3), padding=1),
+                                            torch.randn(streams, C, H, H)),
+    }  # fmt: skip
+    rows = []
+    for name, (fn, x) in cases.items():
+        ms, best = torch_timeit(fn, x, budget_s=budget)
+        rows.append({"impl": name, "ms": ms, "best": best})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", type=float, default=1.0)
+    parser.add_argument("--streams", type=int, default=64)
+    parser.add_argument("--torch-only", metavar="OUT", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    s = args.streams
+    if args.torch_only:
+        import json
+
+        np.savez(args.torch_only, done=np.ones(1))
+        print(json.dumps(torch_report(torch_rows(s, args.budget), args.budget, 2048)))
+        return
+
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
+        report, _ = run_torch_process(
+            __file__, ["--streams", str(s)], str(Path(tmp) / "t.npz"), args.budget, env, 600
+        )
+    flops = 2.0 * s * H * H * KT * 9 * C * C  # multiply-adds of the taps, padding included
+    rng = np.random.default_rng(0)
+    kernel = jnp.asarray(0.05 * rng.standard_normal((KT, 3, 3, C, C)), jnp.float32)
+    window = jnp.asarray(rng.standard_normal((s, KT, H, H, C)), jnp.float32)
+    inputs = {
+        "window": window,
+        "folded": jnp.moveaxis(window, 1, -2).reshape(s, H, H, KT * C),
+        "frame": window[:, -1],
+    }
+    rows = []
+    for name, (fn, which) in formulations(kernel).items():
+        ms, best = timeit(jax.jit(fn), inputs[which], budget_s=args.budget)
+        rows.append({"impl": f"XLA {name}", "ms": ms, "best": best})
+        print(f"  {rows[-1]}", flush=True)
+
+    layer = co.Conv3d(C, C, 3, padding=(0, 1, 1), bias=False)
+    params = layer.init(jax.random.PRNGKey(0))  # timing only: its own random kernel
+    spec = jax.ShapeDtypeStruct((H, H, C), jnp.float32)
+    states = co.init_streams(layer, params, spec, s)
+    exe, _ = compiled(
+        functools.partial(co.step_streams, layer), params, states, inputs["frame"], donate=True
+    )
+    call, honoured = donated_calls(exe, params, copy_tree(states), inputs["frame"])
+    ms, best = timeit(call, budget_s=args.budget)
+    assert honoured()
+    rows.append({"impl": "co.Conv3d step (vmapped, donated state)", "ms": ms, "best": best})
+    rows += report["rows"]
+    peak = {
+        "xla": matmul_gflops(2048, args.budget, "jax"),
+        "torch": report["torch_matmul_gflops_per_s"],
+    }
+    for r in rows:
+        r["gflops_per_s"] = flops / r["ms"] / 1e6
+        r["percent_of_own_matmul_peak"] = (
+            100 * r["gflops_per_s"] / peak["torch" if r["impl"].startswith("torch") else "xla"]
+        )
+    bare = [r for r in rows if r["impl"].startswith("XLA")]
+    best_bare = min(bare, key=lambda r: r["ms"])
+    step = rows[len(bare)]
+    torch_best = min((r for r in rows if r["impl"].startswith("torch")), key=lambda r: r["ms"])
+    summary = {
+        "best_xla_formulation": best_bare["impl"],
+        "cojax_step_gflops_over_best_bare_xla": step["gflops_per_s"] / best_bare["gflops_per_s"],
+        "best_xla_over_best_torch_conv": best_bare["gflops_per_s"] / torch_best["gflops_per_s"],
+        "best_xla_over_xla_matmul_peak": best_bare["gflops_per_s"] / peak["xla"],
+        "best_torch_over_torch_matmul_peak": torch_best["gflops_per_s"] / peak["torch"],
+    }  # fmt: skip
+    table = markdown_table(
+        ["implementation", "ms per call", "GFLOP/s", "% of own matmul peak"],
+        [[r["impl"], f"{r['ms']:.2f}", f"{r['gflops_per_s']:.0f}", f"{r['percent_of_own_matmul_peak']:.0f} %"] for r in rows],
+    )  # fmt: skip
+    print("\n" + table + "\n" + str(summary))
+    out = {"description": __doc__.split("\n\n")[0], "streams": s, "flops_per_call": flops,
+           "matmul_peak_gflops_per_s": peak, "rows": rows, "summary": summary, "table": table,
+           **environment(report)}  # fmt: skip
+    print("wrote", write_json("xla_conv_wall", out))
+
+
+if __name__ == "__main__":
+    main()
