@@ -1,7 +1,7 @@
 """The one benchmark harness of `experiments/`: timing, machine record, results files.
 
 Every benchmark script imports what it needs from here (run them from the repository
-root, `python experiments/NAME.py`, or as modules, `python -m experiments.NAME`):
+root as `python experiments/<script>.py`, or as modules: `python -m experiments.bench`):
 
 - `timeit(fn, *args)`: (median, min) ms after one warm-up call, repeated for a budget;
 - `matmul_gflops(n, budget, framework)`: the f32 matmul ceiling of XLA or torch,
