@@ -51,6 +51,7 @@ from harness import (  # noqa: E402
     figure,
     markdown_table,
     matmul_gflops,
+    no_sync,
     run_torch_process,
     save_figure,
     timeit,
@@ -218,22 +219,22 @@ def torch_rows(keys: list[str], streams: list[int], windows: dict, budget: float
                     ms, best = torch_timeit(step, x, budget_s=budget)
                     rows.append(dict(family=key, impl=TORCH_STEP, streams=s, ms=ms, best=best))
                 x = clip_input(s, windows[key])
-                rows.append(_timed_or_skipped(key, TORCH_CLIP, s, clip, x, budget, max_call_s))
+                rows.append(_clip_row(key, TORCH_CLIP, s, clip, x, budget=budget,
+                                      max_call_s=max_call_s, sync=no_sync))  # fmt: skip
             print(f"  torch {key} {s} stream(s) done", flush=True)
     return rows
 
 
-def _timed_or_skipped(key, impl, streams, fn, x, budget, max_call_s):
-    import torch
-
-    with torch.inference_mode():
-        t0 = time.perf_counter()
-        fn(x)
-        once = time.perf_counter() - t0
+def _clip_row(key, impl, streams, fn, *args, budget, max_call_s, sync=jax.block_until_ready):
+    """A clip row: timed with repeats, or once when one call takes over `max_call_s`
+    (torch callers pass `sync=no_sync` inside `torch.inference_mode()`)."""
+    t0 = time.perf_counter()
+    sync(fn(*args))
+    once = time.perf_counter() - t0
     if once > max_call_s:
         return dict(family=key, impl=impl, streams=streams, ms=1e3 * once, best=1e3 * once,
                     note=f"one call only ({once:.1f} s > --max-call-s)")  # fmt: skip
-    ms, best = torch_timeit(fn, x, budget_s=budget, min_repeats=1)
+    ms, best = timeit(fn, *args, budget_s=budget, min_repeats=1, sync=sync)
     return dict(family=key, impl=impl, streams=streams, ms=ms, best=best)
 
 
@@ -266,21 +267,12 @@ def cojax_rows(key: str, fam: Family, streams: list[int], budget: float, max_cal
                          best=best * fam.steps_per_prediction))  # fmt: skip
         clips = jnp.asarray(rng.standard_normal((s, fam.window, *fam.frame_shape)), jnp.float32)
         many, _ = compiled(jax.vmap(layer.forward, in_axes=(None, 0)), params, clips)
-        rows.append(_cojax_clip_row(key, s, many, params, clips, budget, max_call_s))
+        rows.append(
+            _clip_row(key, CLIP, s, many, params, clips, budget=budget, max_call_s=max_call_s)
+        )
         print(f"  cojax {key} {s} stream(s): step {rows[-2]['ms']:.2f} ms, clip "
               f"{rows[-1]['ms']:.1f} ms per call", flush=True)  # fmt: skip
     return rows, flops
-
-
-def _cojax_clip_row(key, streams, exe, params, clips, budget, max_call_s):
-    t0 = time.perf_counter()
-    jax.block_until_ready(exe(params, clips))
-    once = time.perf_counter() - t0
-    if once > max_call_s:
-        return dict(family=key, impl=CLIP, streams=streams, ms=1e3 * once, best=1e3 * once,
-                    note=f"one call only ({once:.1f} s > --max-call-s)")  # fmt: skip
-    ms, best = timeit(exe, params, clips, budget_s=budget, min_repeats=1)
-    return dict(family=key, impl=CLIP, streams=streams, ms=ms, best=best)
 
 
 # --------------------------------------------------------------------------- report

@@ -87,14 +87,6 @@ def matmul_gflops(n: int = 1024, budget: float = 1.0, framework: str = "jax") ->
     return 2.0 * n**3 / ms / 1e6
 
 
-def peaks(n: int = 1024, budget: float = 1.0, torch: bool = True) -> dict:
-    """`{"matmul_n", "xla_gflops_per_s", "torch_gflops_per_s"}` measured now."""
-    out = {"matmul_n": n, "xla_gflops_per_s": matmul_gflops(n, budget, "jax")}
-    if torch:
-        out["torch_gflops_per_s"] = matmul_gflops(n, budget, "torch")
-    return out
-
-
 def torch_report(rows: list[dict], budget: float, matmul_n: int = 1024) -> dict:
     """What a `--torch-only` process prints: its rows, torch's matmul peak, threads."""
     import torch
