@@ -355,7 +355,7 @@ def per_prediction_flops(model: JaxModel, variables, channels: int, window: int)
     return {"continual_step": step, "clip_per_window": clip, "reduction": clip / step}
 
 
-def run_jax(name, data, cfg: Config, seed: int, workdir: Path) -> tuple[dict, dict, callable]:
+def run_jax(name, data, cfg: Config, seed: int, workdir: Path) -> tuple[dict, dict]:
     fit, val, test, classes = data
     channels, k = fit.x.shape[2], len(classes)
     model = BUILDERS[name](channels, k, cfg)
@@ -378,7 +378,7 @@ def run_jax(name, data, cfg: Config, seed: int, workdir: Path) -> tuple[dict, di
         variables, record = train_jax(model, variables, fit, val, cfg, seed, cfg.epochs, ckpt)
     record.update(evaluate_stream(model, variables, test, cfg.window))
     flops = per_prediction_flops(model, variables, channels, cfg.window)
-    return record, flops, model
+    return record, flops
 
 
 # --------------------------------------------------------------------------- PyTorch
@@ -678,7 +678,7 @@ def main(argv=None) -> dict:
         for name in names:
             runs = {"cojax": [], "torch": []}
             for seed in cfg.seeds:
-                record, flops, _ = run_jax(name, data, cfg, seed, workdir)
+                record, flops = run_jax(name, data, cfg, seed, workdir)
                 runs["cojax"].append(record)
                 if not args.no_torch:
                     runs["torch"].append(run_torch(name, data, cfg, seed))
