@@ -15,6 +15,7 @@ from cojax.containers import (
     Residual,
     Sequential,
 )
+from cojax.continualize import Continualized, ContinualizeError, continualize
 from cojax.core import (
     Counter,
     FrameLayer,

@@ -614,6 +614,7 @@ def test_adapter_convs_stream_inside_sequential_and_train():
     assert float(jnp.abs(grads["2"]["adapter"]).max()) > 0
 
 
+@pytest.mark.slow
 def test_adapter_dense_streams_inside_sequential_and_trains_the_adapter_only():
     """`AdapterDense`: a pruned SPLoRADense per frame inside co.Sequential, equal to the
     Flax module, through the contract harness (train mode too), adapter gradients."""

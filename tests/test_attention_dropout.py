@@ -69,6 +69,7 @@ CASES = [
 ]  # one case in the fast set, the rest in the slow set (CI runs both)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind, retroactive", CASES)
 def test_train_mode_dropout_is_distributed_like_torchs(kind, retroactive):
     module = torch_module(kind)

@@ -69,6 +69,7 @@ RESUME = textwrap.dedent(
 ).format(frame=FRAME)
 
 
+@pytest.mark.slow
 def test_a_pool_resumed_in_a_fresh_process_continues_bit_identically(tmp_path):
     layer = net()
     params = init_random(layer, jax.random.PRNGKey(0))

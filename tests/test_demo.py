@@ -33,6 +33,7 @@ def _check_output(status: int, out: str) -> None:
     assert "FAIL" not in out
 
 
+@pytest.mark.slow
 def test_small_demo_runs_and_passes(capsys):
     args = ["--model", "small", "--frames", "16", "--size", "16", "--streams", "2"]
     status = main([*args, "--seed", "1", "--timing-calls", "2"])

@@ -89,6 +89,7 @@ def test_step_streams_with_resets_keeps_the_state_dtype_in_a_scan():
     assert [a.dtype for a in jax.tree.leaves(final)] == [a.dtype for a in jax.tree.leaves(states)]
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_with_float32_parameters_trains():
     """Mixed precision: bf16 clips, f32 params, f32 gradients and statistics; one optax
     step close to the all-f32 step (bf16 has 8 mantissa bits)."""

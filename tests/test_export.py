@@ -11,6 +11,7 @@ import textwrap
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import cojax as co
 from cojax.demo_models import init_random
@@ -84,6 +85,7 @@ def reference_steps(layer, params, frames):
     return np.stack(ys), np.stack(valids)
 
 
+@pytest.mark.slow
 def test_an_exported_step_runs_without_the_model_code_for_any_number_of_streams(tmp_path):
     layer = net()
     params = init_random(layer, jax.random.PRNGKey(0))

@@ -40,6 +40,7 @@ CLIPS = np.random.default_rng(0).standard_normal((4, 8, 3)).astype(np.float32)
 LABELS = np.array([0, 1, 1, 0])
 
 
+@pytest.mark.slow
 def test_one_trainstate_step_equals_the_cojax_route():
     """Dropout p=0 for the values (the module's dropout key is linen's to derive)."""
     net, model = make_net(), Model(make_net())
@@ -155,6 +156,7 @@ class WindowMean(nn.Module):
         return (window[1:], jnp.minimum(count + 1, self.sequence_len - 1)), (y, valid)
 
 
+@pytest.mark.slow
 def test_from_flax_makes_any_continual_module_a_layer():
     layer = co.from_flax(WindowMean(4), frame_shape=(3,))
     assert (layer.receptive_field, layer.delay, layer.stride) == (3, 2, 1)

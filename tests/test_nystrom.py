@@ -139,6 +139,7 @@ def test_offline_equals_float64_reference(n, m):
     _assert_close(got, _nystrom64(variables, window, m))
 
 
+@pytest.mark.slow
 def test_offline_approaches_softmax_attention_as_m_grows():
     n = 16
     window = _clip(n, seed=5)

@@ -76,6 +76,7 @@ FRESH = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_exported_step_runs_in_a_fresh_process_without_jax(tmp_path):
     layer = conv_network()
     params = _params(layer)

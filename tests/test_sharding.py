@@ -11,6 +11,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 SCRIPT = textwrap.dedent(
     """
     import json
@@ -74,6 +76,7 @@ SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_sharded_streams_equal_the_unsharded_run(tmp_path):
     script = tmp_path / "sharded.py"
     script.write_text(SCRIPT)

@@ -191,6 +191,7 @@ def _primitives_inside_loops(jaxpr, inside=False, found=None):
     return found
 
 
+@pytest.mark.slow
 def test_the_block_is_one_clip_computation_not_a_loop_of_steps():
     """In the small X3D-like CNN's block (convs, pools, BatchNorm, residuals) no
     convolution or matmul runs inside a loop: only the frame counters are scanned."""

@@ -68,6 +68,7 @@ def simulate(pool, layer, params, ticks, rng, grow_at=None):
     return checked, ready, next_id
 
 
+@pytest.mark.slow
 def test_random_join_leave_and_arrivals_equal_each_stream_alone():
     layer = small_net()
     params = layer.init(jax.random.PRNGKey(0))

@@ -91,6 +91,7 @@ def cojax_loss(layer, w):
     return loss
 
 
+@pytest.mark.slow
 def test_train_forward_matches_torch_train_mode(batch):
     net = torch_net()
     layer, params = from_continual(torch_net().eval())

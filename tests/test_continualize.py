@@ -1,0 +1,525 @@
+"""`co.continualize`: clip functions (plain JAX, Flax, Equinox) as exact continual layers.
+
+Every supported operation passes the contract harness (steps == the clip function on
+every valid output, chunking, vmap with NaN streams, jit without retrace, pad_end,
+state checks); its inferred delay / stride / receptive field are checked against the
+hand-computed ones; every refused operation raises `ContinualizeError` naming the
+primitive and the line of the test that wrote it.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from jax import lax
+
+import cojax as co
+from cojax.continualize import ContinualizeError, continualize
+from cojax.testing import verify_contract
+
+F32 = jnp.float32
+
+
+def _normal(seed: int, shape: tuple) -> jax.Array:
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), F32)
+
+
+def _conv_time(x, w, stride=1, padding=(0, 0), dilation=1, groups=1):
+    """A temporal conv of one stream, channels-last, over (T, *spatial, C) with the
+    same spatial padding as `w` needs ("SAME" for odd kernels)."""
+    spatial = x.ndim - 2
+    letters = "DHW"[3 - spatial :] if spatial else ""
+    spec = "NT" + letters + "C"
+    pads = [padding] + [((k - 1) // 2, (k - 1) // 2) for k in w.shape[1:-2]]
+    y = lax.conv_general_dilated(
+        x[None],
+        w,
+        (stride,) + (1,) * spatial,
+        pads,
+        rhs_dilation=(dilation,) + (1,) * spatial,
+        dimension_numbers=(spec, "T" + letters + "IO", spec),
+        feature_group_count=groups,
+    )
+    return y[0]
+
+
+def _check(fn, params, frame, *, delay=None, stride=None, receptive_field=None, **kw):
+    layer = continualize(fn, jax.ShapeDtypeStruct(frame, F32), params=params)
+    if delay is not None:
+        assert layer.delay == delay
+    if stride is not None:
+        assert layer.stride == stride
+    if receptive_field is not None:
+        assert layer.receptive_field == receptive_field
+    verify_contract(layer, frame, params=params, **kw)
+    return layer
+
+
+# --------------------------------------------------------------------------- convolutions
+
+
+@pytest.mark.parametrize(
+    "frame, kernel, stride, padding, dilation, groups, delay, rf",
+    [
+        ((3,), 3, 1, (2, 0), 1, 1, 0, 3),  # causal Conv1d
+        ((3,), 3, 2, (1, 1), 2, 1, 3, 5),  # symmetric, strided, dilated
+        ((5, 4), 2, 1, (0, 0), 1, 2, 1, 2),  # 1 spatial dim, groups
+        ((4, 4, 4), 3, 1, (1, 1), 1, 1, 1, 3),  # 2 spatial dims (Conv3d-like)
+    ],
+)
+def test_conv_over_time(frame, kernel, stride, padding, dilation, groups, delay, rf):
+    c_in = frame[-1]
+    spatial = (3,) * (len(frame) - 1)
+    params = {"w": _normal(0, (kernel, *spatial, c_in // groups, 6)), "b": _normal(1, (6,))}
+
+    def fn(p, x):
+        return _conv_time(x, p["w"], stride, padding, dilation, groups) + p["b"]
+
+    _check(fn, params, frame, delay=delay, stride=stride, receptive_field=rf)
+
+
+def test_conv_stack_schedule():
+    """Causal conv, then a strided dilated conv, then a max pool: delays add up in
+    input frames, strides multiply (hand-computed: 0 + 3 + 2, 2, 1 + 2 + 4 + 2)."""
+
+    def fn(p, x):
+        y = jax.nn.relu(_conv_time(x, p["w1"], padding=(2, 0)) + p["b1"])
+        z = _conv_time(y, p["w2"], stride=2, padding=(1, 1), dilation=2)
+        z = lax.reduce_window(z, -jnp.inf, lax.max, (2, 1), (1, 1), [(0, 0), (0, 0)])
+        return z @ p["w3"]
+
+    params = {
+        "w1": _normal(0, (3, 4, 8)),
+        "b1": _normal(1, (8,)),
+        "w2": _normal(2, (3, 8, 6)),
+        "w3": _normal(3, (6, 5)),
+    }
+    layer = _check(fn, params, (4,), delay=5, stride=2, receptive_field=9)
+    assert layer.output_length(20) == fn(params, jnp.zeros((20, 4))).shape[0]
+
+
+def test_time_as_the_batch_axis_is_per_frame():
+    """A 2D conv over (H, W) with time as its batch axis mixes no frames: delay 0."""
+
+    def fn(p, x):  # (T, H, W, C)
+        return lax.conv_general_dilated(
+            x, p["w"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+
+    layer = _check(fn, {"w": _normal(0, (3, 3, 2, 4))}, (5, 5, 2), delay=0, receptive_field=1)
+    assert layer.plan().ops and all(type(op).__name__ != "_WindowOp" for op in layer.plan().ops)
+
+
+# --------------------------------------------------------------------------- pools
+
+
+@pytest.mark.parametrize(
+    "kind, window, stride, padding, delay",
+    [
+        ("avg", 3, 1, (2, 0), 0),
+        ("max", 2, 2, (0, 0), 1),
+        ("min", 3, 1, (1, 1), 1),
+        ("sum", 4, 3, (1, 2), 2),
+    ],
+)
+def test_pools_over_time(kind, window, stride, padding, delay):
+    reducer = {"avg": (0.0, lax.add), "sum": (0.0, lax.add), "max": (-jnp.inf, lax.max)}
+    reducer["min"] = (jnp.inf, lax.min)
+    init, op = reducer[kind]
+
+    def fn(p, x):  # (T, W, C)
+        y = lax.reduce_window(
+            x, init, op, (window, 1, 1), (stride, 1, 1), [padding, (0, 0), (0, 0)]
+        )
+        return y / window if kind == "avg" else y
+
+    _check(fn, {}, (3, 2), delay=delay, stride=stride)
+
+
+def test_flax_pools():
+    import flax.linen as nn
+
+    def fn(p, x):
+        y = nn.max_pool(x, (3,), strides=(1,), padding=((2, 0),))
+        return nn.avg_pool(y, (2,), strides=(2,)) * p["scale"]
+
+    _check(fn, {"scale": _normal(0, (3,))}, (3,), delay=1, stride=2, receptive_field=4)
+
+
+# --------------------------------------------------------------------------- per-frame ops
+
+
+def test_per_frame_ops():
+    """Normalisation over channels, einsum, reshape / transpose that keep time leading,
+    reductions over non-time axes, softmax, where, integer casts."""
+
+    def fn(p, x):  # (T, H, W, C)
+        t = x.shape[0]
+        h = jnp.einsum("thwc,cd->thwd", x, p["w"])
+        h = (h - h.mean(-1, keepdims=True)) / jnp.sqrt(h.var(-1, keepdims=True) + 1e-5)
+        h = jnp.transpose(h, (0, 2, 1, 3)).reshape(t, -1, 2)
+        h = jax.nn.softmax(h, axis=-1) + jnp.where(h > 0, h, 0.1 * h)
+        h = h.max(axis=1) + jnp.floor(h.sum(axis=1)).astype(jnp.int32).astype(F32)
+        return jax.nn.gelu(h)
+
+    _check(fn, {"w": _normal(0, (3, 4))}, (2, 3, 3), delay=0, receptive_field=1)
+
+
+def test_time_moved_to_another_axis_and_back():
+    def fn(p, x):  # (T, C)
+        y = jnp.transpose(x)[None]  # (1, C, T)
+        y = y * p["s"][None, :, None]
+        return jnp.transpose(y[0])
+
+    _check(fn, {"s": _normal(0, (3,))}, (3,), delay=0)
+
+
+# --------------------------------------------------------------------------- branches
+
+
+def test_residual_of_branches_with_different_delays_is_aligned():
+    """x + conv(x) with a symmetric conv (delay 2): the skip waits 2 frames."""
+
+    def fn(p, x):
+        return x + _conv_time(x, p["w"], padding=(2, 2))
+
+    _check(fn, {"w": _normal(0, (5, 3, 3))}, (3,), delay=2, receptive_field=5)
+
+
+def test_concatenated_branches_and_strided_merge():
+    """Two branches of different delays concatenated on channels, then a strided
+    conv whose output is added to a strided slice of its input (same rate)."""
+
+    def fn(p, x):
+        a = _conv_time(x, p["a"], padding=(1, 1))  # delay 1
+        b = _conv_time(x, p["b"], padding=(4, 0))  # delay 0
+        h = jnp.concatenate([a, b], axis=-1)
+        y = _conv_time(h, p["c"], stride=2, padding=(1, 1))
+        return y + h[::2] @ p["d"]
+
+    params = {
+        "a": _normal(0, (3, 2, 3)),
+        "b": _normal(1, (5, 2, 3)),
+        "c": _normal(2, (3, 6, 4)),
+        "d": _normal(3, (6, 4)),
+    }
+    _check(fn, params, (2,), stride=2)
+
+
+def test_time_slices_and_pads():
+    """x[2:] + x[:-2] (a crop at each end), a strided slice, and a zero pad of the
+    time axis whose padding frames come out first."""
+
+    def fn(p, x):
+        y = x[2:] * p["s"] + x[:-2]
+        y = jnp.pad(y, ((3, 1), (0, 0)))
+        return jnp.tanh(y)[1::2]
+
+    _check(fn, {"s": _normal(0, (2,))}, (2,), stride=2)
+
+
+def test_pad_then_conv_is_fused_into_a_causal_conv():
+    """Flax's causal padding (a pad of the time axis, then a VALID conv) has delay 0
+    and one buffer: the conv takes the pad itself."""
+    import flax.linen as nn
+
+    model = nn.Conv(4, (3,), padding="CAUSAL")
+    params = model.init(jax.random.PRNGKey(0), jnp.ones((8, 2)))
+    layer = _check(model.apply, params, (2,), delay=0, receptive_field=3)
+    windows = [op for op in layer.plan().ops if type(op).__name__ == "_WindowOp"]
+    assert len(windows) == 1
+
+
+# --------------------------------------------------------------------------- recurrences
+
+
+def test_scan_over_time():
+    """A GRU-like cell written with lax.scan: the carry is the state."""
+
+    def fn(p, x):
+        def cell(h, xt):
+            z = jax.nn.sigmoid(xt @ p["wz"] + h @ p["uz"])
+            h = (1 - z) * h + z * jnp.tanh(xt @ p["wh"] + h @ p["uh"])
+            return h, h
+
+        _, hs = lax.scan(cell, jnp.zeros(4), x)
+        return hs @ p["out"]
+
+    params = {k: _normal(i, s) for i, (k, s) in enumerate(
+        [("wz", (3, 4)), ("uz", (4, 4)), ("wh", (3, 4)), ("uh", (4, 4)), ("out", (4, 2))]
+    )}  # fmt: skip
+    layer = _check(fn, params, (3,), delay=0, num_frames=12)
+    assert layer.finite_memory is False  # the carry holds the whole stream so far
+
+
+def test_scan_after_a_conv():
+    def fn(p, x):
+        y = _conv_time(x, p["w"], padding=(1, 1))
+        _, hs = lax.scan(lambda h, yt: (0.5 * h + yt, h + yt), jnp.zeros(3), y)
+        return hs
+
+    _check(fn, {"w": _normal(0, (3, 2, 3))}, (2,), delay=1, num_frames=12)
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+def _refused(fn, params, frame, *words):
+    with pytest.raises(ContinualizeError) as info:
+        continualize(fn, jax.ShapeDtypeStruct(frame, F32), params=params)
+    message = str(info.value)
+    assert "test_continualize.py" in message, message  # the user's line
+    for word in words:
+        assert word in message, message
+    return message
+
+
+def test_refuses_a_reduction_over_the_whole_time_axis():
+    _refused(lambda p, x: x.mean(0, keepdims=True), {}, (3,), "reduce_sum", "windowed")
+
+
+def test_refuses_attention_across_time():
+    def fn(p, x):
+        a = jax.nn.softmax(x @ x.T, axis=-1)
+        return a @ x
+
+    _refused(fn, {}, (3,), "dot_general", "SingleOutputMultiheadAttention")
+
+
+def test_refuses_data_dependent_time_indexing():
+    def fn(p, x):
+        i = jnp.argmax(x[:, 0] > 0)
+        return lax.dynamic_slice_in_dim(x, i, 2, axis=0)
+
+    _refused(fn, {}, (3,), "argmax")
+
+
+def test_refuses_cumsum_slices_from_the_end_and_clip_positions():
+    _refused(lambda p, x: jnp.cumsum(x, axis=0), {}, (2,), "cumsum")
+    _refused(lambda p, x: x[-3:], {}, (2,), "slice", "end of the clip")
+    _refused(lambda p, x: x[:4], {}, (2,), "slice", "start of the clip")
+    _refused(lambda p, x: x + jnp.arange(x.shape[0])[:, None], {}, (2,), "RecyclingPositional")
+    _refused(lambda p, x: x / x.shape[0], {}, (2,), "clip length")
+
+
+def test_a_refused_value_that_is_not_returned_is_fine():
+    """A scan's final carry depends on the whole clip; nobody reads it here."""
+
+    def fn(p, x):
+        last, hs = lax.scan(lambda h, xt: (h + xt, h * xt), jnp.zeros(2), x)
+        del last
+        return hs
+
+    _check(fn, {}, (2,), delay=0, num_frames=9)
+    _refused(
+        lambda p, x: lax.scan(lambda h, xt: (h + xt, h), jnp.zeros(2), x)[0][None],
+        {},
+        (2,),
+        "final carry",
+    )
+
+
+def test_bad_inputs_get_clear_errors():
+    params = {"w": _normal(0, (3, 2, 4))}
+
+    def fn(p, x):
+        return _conv_time(x, p["w"], padding=(2, 0))
+
+    layer = continualize(fn, jax.ShapeDtypeStruct((2,), F32), params=params)
+    with pytest.raises(ValueError, match="expected frames float32\\[2\\]"):
+        layer.init_state(params, jnp.zeros((3,)))
+    with pytest.raises(ValueError, match="ONE stream"):
+        layer.init_state(params, jnp.zeros((4, 2)))
+    with pytest.raises(ValueError, match="params leaf 0"):
+        layer.init_state({"w": _normal(0, (3, 2, 5))}, jnp.zeros((2,)))
+    other = continualize(lambda p, x: x * 2.0, jax.ShapeDtypeStruct((2,), F32), params={})
+    with pytest.raises(ValueError, match="state"):
+        layer.step(params, other.init_state({}, jnp.zeros((2,))), jnp.zeros((2,)))
+    with pytest.raises(ValueError, match="params=params"):
+        _ = continualize(fn, jax.ShapeDtypeStruct((2,), F32)).delay
+    with pytest.raises(ContinualizeError, match="trace_length"):
+        continualize(fn, jax.ShapeDtypeStruct((2,), F32), params={"w": _normal(0, (40, 2, 4))})
+
+
+# --------------------------------------------------------------------------- real networks
+
+
+@pytest.mark.slow
+def test_flax_temporal_cnn():
+    """Conv over (T, H, W) + BatchNorm (eval mode, random statistics) + ReLU + pool +
+    a causal conv + Dense head."""
+    import flax.linen as nn
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.Conv(6, (3, 3, 3), padding=((1, 1), (1, 1), (1, 1)))(x)
+            x = nn.relu(nn.BatchNorm(use_running_average=True)(x))
+            x = nn.avg_pool(x, (2, 2, 2), strides=(1, 2, 2))
+            x = nn.Conv(6, (2, 1, 1), padding=((1, 0), (0, 0), (0, 0)))(x)
+            return nn.Dense(4)(x.mean(axis=(1, 2)))
+
+    net = Net()
+    variables = net.init(jax.random.PRNGKey(0), jnp.ones((6, 6, 6, 2)))
+    variables = jax.tree_util.tree_map(lambda a: a + 0.5 * _normal(7, a.shape), variables)
+    variables["batch_stats"]["BatchNorm_0"]["var"] = jnp.abs(
+        variables["batch_stats"]["BatchNorm_0"]["var"]
+    )
+    layer = _check(net.apply, variables, (6, 6, 2), delay=2, receptive_field=5)
+    # The input-dependent part, not only the biases: outputs differ between clips.
+    clip = _normal(1, (10, 6, 6, 2))
+    out = net.apply(variables, clip)
+    assert float(jnp.std(out[:, 0])) > 1e-2
+    _, ys, valid = co.forward_steps(layer, variables, layer.init_state(variables, clip[0]), clip)
+    np.testing.assert_allclose(
+        np.asarray(ys)[np.asarray(valid)], out[: int(valid.sum())], atol=1e-5
+    )
+
+
+@pytest.mark.slow
+def test_equinox_1d_cnn():
+    import equinox as eqx
+
+    class Net(eqx.Module):
+        c1: eqx.nn.Conv1d
+        c2: eqx.nn.Conv1d
+        head: eqx.nn.Linear
+
+        def __init__(self, key):
+            k1, k2, k3 = jax.random.split(key, 3)
+            self.c1 = eqx.nn.Conv1d(3, 8, 3, padding=((2, 0),), key=k1)
+            self.c2 = eqx.nn.Conv1d(8, 8, 3, stride=2, dilation=2, padding=((2, 2),), key=k2)
+            self.head = eqx.nn.Linear(8, 5, key=k3)
+
+        def __call__(self, x):  # Equinox is channels-first: (C, T) -> (T, C) outside
+            h = jax.nn.relu(self.c1(x.T))
+            h = jax.nn.relu(self.c2(h))
+            return jax.vmap(self.head)(h.T)
+
+    model = Net(jax.random.PRNGKey(0))
+    params, static = eqx.partition(model, eqx.is_array)
+
+    def fn(p, clip):
+        return eqx.combine(p, static)(clip)
+
+    _check(fn, params, (3,), delay=2, stride=2, receptive_field=7)
+
+
+def _anchor_params(layers: int, channels: int, seed: int = 0) -> list:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(layers):
+        w = rng.standard_normal((3, 3, 3, channels, channels)) / np.sqrt(27 * channels)
+        bn = [rng.standard_normal(channels) * 0.1, rng.uniform(0.5, 1.5, channels)]
+        bn += [rng.standard_normal(channels) * 0.1, rng.uniform(0.5, 1.5, channels)]
+        out.append({"w": jnp.asarray(w, F32), "bn": [jnp.asarray(a, F32) for a in bn]})
+    return out
+
+
+def anchor_fn(params, x):
+    """The anchor network in plain JAX: 10 x (Conv3d 3x3x3, padding 1, BN, ReLU)."""
+    for layer in params:
+        x = _conv_time(x, layer["w"], padding=(1, 1))
+        mean, var, scale, shift = layer["bn"]
+        x = jax.nn.relu((x - mean) * lax.rsqrt(var + 1e-5) * scale + shift)
+    return x
+
+
+@pytest.mark.slow
+def test_plain_jax_anchor_network():
+    params = _anchor_params(10, 4)
+    _check(anchor_fn, params, (5, 5, 4), delay=10, receptive_field=21, num_frames=24)
+
+
+# --------------------------------------------------------------------------- integration
+
+
+def test_streams_and_pool():
+    params = {"w": _normal(0, (3, 2, 4))}
+
+    def fn(p, x):
+        return jnp.tanh(_conv_time(x, p["w"], padding=(1, 1)))
+
+    layer = continualize(fn, jax.ShapeDtypeStruct((2,), F32), params=params)
+    clips = _normal(1, (3, 9, 2))
+    states = co.init_streams(layer, params, jnp.zeros((2,)), 3)
+    outs, step = [], jax.jit(co.step_streams, static_argnums=0)
+    for t in range(9):
+        states, (y, v) = step(layer, params, states, clips[:, t])
+        outs.append((np.asarray(y), np.asarray(v)))
+    for s in range(3):
+        ys = np.stack([o[0][s] for o in outs])[np.array([o[1][s] for o in outs])]
+        np.testing.assert_allclose(ys, fn(params, clips[s])[: len(ys)], atol=1e-5)
+
+
+# --------------------------------------------------------------------------- property test
+
+_OPS = ("conv", "pool", "act", "residual", "slice", "pad", "dense")
+
+
+@st.composite
+def _programs(draw):
+    ops = []
+    for _ in range(draw(st.integers(1, 4))):
+        kind = draw(st.sampled_from(_OPS))
+        if kind in ("conv", "residual"):
+            k = draw(st.integers(1, 3))
+            dilation = draw(st.integers(1, 2))
+            extent = (k - 1) * dilation + 1
+            left = draw(st.integers(0, extent - 1))
+            right = draw(st.integers(0, extent - 1)) if kind == "conv" else extent - 1 - left
+            stride = draw(st.integers(1, 2)) if kind == "conv" else 1
+            ops.append((kind, k, dilation, left, right, stride))
+        elif kind == "pool":
+            k = draw(st.integers(1, 3))
+            ops.append(
+                (kind, k, draw(st.integers(1, 2)), draw(st.integers(0, k - 1)), draw(st.booleans()))
+            )
+        elif kind == "slice":
+            ops.append((kind, draw(st.integers(0, 2)), draw(st.integers(0, 2))))
+        elif kind == "pad":
+            ops.append((kind, draw(st.integers(0, 2)), draw(st.integers(0, 2))))
+        else:
+            ops.append((kind,))
+    return ops
+
+
+def _program_fn(ops):
+    def fn(p, x):
+        for i, op in enumerate(ops):
+            kind = op[0]
+            if kind in ("conv", "residual"):
+                _, k, dilation, left, right, stride = op
+                y = _conv_time(x, p[i], stride, (left, right), dilation)
+                x = x + y if kind == "residual" else y
+            elif kind == "pool":
+                _, k, stride, left, is_max = op
+                init, red = (-jnp.inf, lax.max) if is_max else (0.0, lax.add)
+                x = lax.reduce_window(x, init, red, (k, 1), (stride, 1), [(left, 0), (0, 0)])
+            elif kind == "slice":
+                x = x[op[1] : x.shape[0] - op[2]]
+            elif kind == "pad":
+                x = jnp.pad(x, ((op[1], op[2]), (0, 0)), constant_values=0.5)
+            elif kind == "act":
+                x = jax.nn.silu(x)
+            else:
+                x = x @ p[i]
+        return x
+
+    return fn
+
+
+@pytest.mark.slow
+@settings(max_examples=16, deadline=None, suppress_health_check=list(HealthCheck))
+@given(_programs())
+def test_random_compositions(ops):
+    c = 3
+    params = {i: _normal(i, (op[1], c, c) if op[0] in ("conv", "residual") else (c, c))
+              for i, op in enumerate(ops) if op[0] in ("conv", "residual", "dense")}  # fmt: skip
+    fn = _program_fn(ops)
+    layer = continualize(fn, jax.ShapeDtypeStruct((c,), F32), params=params)
+    T = 3 * layer.receptive_field + 2 * layer.stride + 8
+    assert layer.output_length(T) == fn(params, jnp.zeros((T, c))).shape[0]
+    verify_contract(layer, (c,), params=params, check_grad=False)
