@@ -250,6 +250,10 @@ class _WindowOp(NamedTuple):
     fill: Any
     end_padding: int
     kernel: Callable[[dict, Array], Array]
+    # Push every step, also before `src`'s first frame: exact where `src` has a frame
+    # every step and nothing is written into the ring at the start (no start padding),
+    # as the garbage is shifted out before the first output reads the ring.
+    always_push: bool = False
 
     def fill_value(self, env: dict) -> Array:
         value = env[self.fill] if isinstance(self.fill, int) else self.fill
@@ -266,7 +270,9 @@ class _WindowOp(NamedTuple):
             x = jnp.where(pad, self.fill_value(rt.env), x)
         ring = rt.state[self.key]
         pushed = jnp.concatenate([ring[1:], x[None].astype(ring.dtype)], axis=0)
-        ring = jnp.where(rt.computes(self.src_timing), pushed, ring)
+        if not self.always_push:
+            pushed = jnp.where(rt.computes(self.src_timing), pushed, ring)
+        ring = pushed
         rt.state[self.key] = ring
         rt.env[self.dst] = self.kernel(rt.env, ring)
 
@@ -517,7 +523,7 @@ class _Builder:
             self.ops.append(
                 _WindowOp(
                     self.key("align"), ins[k], dst, ahead // v.timing.every + 1, v.timing,
-                    frame, 0.0, 0, _oldest,
+                    frame, 0.0, 0, _oldest, always_push=v.timing.every == 1,
                 )
             )  # fmt: skip
             ins[k] = dst
@@ -652,7 +658,18 @@ class _Builder:
             if isinstance(fill, int):
                 self.use(fill)
             self.ops.append(
-                _WindowOp(self.key(name), src, dst, size, v.timing, frame, fill, right, kernel)
+                _WindowOp(
+                    self.key(name),
+                    src,
+                    dst,
+                    size,
+                    v.timing,
+                    frame,
+                    fill,
+                    right,
+                    kernel,
+                    always_push=v.timing.every == 1 and left <= 0,
+                )
             )
 
         if eager:
@@ -708,6 +725,13 @@ class _Builder:
         def kernel(env: dict, ring: Array) -> Array:
             y = e1.primitive.bind(jnp.moveaxis(ring, 0, time_in), env[rhs_id], **params)
             return jnp.squeeze(y, time_out)
+
+        tuned = _tuned_conv(e1.params, lhs, rhs.shapes[0], s)
+        if tuned is not None:
+
+            def kernel(env: dict, ring: Array) -> Array:  # noqa: F811 - the tuned one
+                taps = [tuned._pad_spatial(ring[j * dilation]) for j in range(k)]
+                return tuned._kernel({"kernel": env[rhs_id]}, taps)
 
         self.use(rhs_id)
         return self.window(e1, e2, src, size, left + lo, right + hi, stride, fill, kernel, "conv")
@@ -836,6 +860,42 @@ class _Builder:
                     tuple(outs[n_carry:]), timing)
         )  # fmt: skip
         return outs
+
+
+def _tuned_conv(params: dict, lhs: _Time, rhs_shape: tuple, time_spatial: int) -> Any:
+    """cojax's own convolution layer for a conv of the clip function, for its window
+    kernel (the measured depthwise / pointwise / fold-into-channels paths, see
+    `cojax.layers.conv`): where the conv is channels-last (`N T ... C`, `T ... I O`)
+    with time its first spatial axis, symmetric spatial padding and default precision.
+    None otherwise (then the primitive itself runs on the window)."""
+    from cojax.layers.conv import Conv1d, Conv2d, Conv3d
+
+    dn = params["dimension_numbers"]
+    rank = len(dn.lhs_spec)
+    n = rank - 2
+    channels_last = (0, rank - 1, *range(1, rank - 1))
+    if dn.lhs_spec != channels_last or dn.out_spec != channels_last or time_spatial != 0:
+        return None
+    if dn.rhs_spec != (rank - 1, rank - 2, *range(rank - 2)) or n > 3:
+        return None
+    pads = params["padding"][1:]
+    if any(lo != hi or lo < 0 for lo, hi in pads) or params["batch_group_count"] != 1:
+        return None
+    if params["precision"] is not None or any(d != 1 for d in params["lhs_dilation"]):
+        return None
+    if params["preferred_element_type"] not in (None, lhs.dtype):
+        return None
+    layer = (Conv1d, Conv2d, Conv3d)[n - 1]
+    return layer(
+        lhs.shapes[0][-1],
+        rhs_shape[-1],
+        tuple(rhs_shape[:n]),
+        stride=(1, *params["window_strides"][1:]),
+        padding=(0, *(lo for lo, _ in pads)),
+        dilation=tuple(params["rhs_dilation"]),
+        groups=params["feature_group_count"],
+        bias=False,
+    )
 
 
 def _set(values: tuple, index: int, value: Any) -> tuple:

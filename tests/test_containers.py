@@ -67,7 +67,16 @@ COMPOSITIONS = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(COMPOSITIONS))
+SLOW_COMPOSITIONS = {"nested", "broadcast_callable"}  # 9-14 s each here
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=pytest.mark.slow) if n in SLOW_COMPOSITIONS else n
+        for n in sorted(COMPOSITIONS)
+    ],
+)
 def test_composition_contract(name):
     verify_contract(COMPOSITIONS[name](), (C,))
 

@@ -582,7 +582,12 @@ CASES: dict[str, Case] = {
 }
 
 
-@pytest.mark.parametrize("name", list(CASES))
+SLOW_CASES = {"readme_inception"}  # 9 s here; the README block runs it too
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_CASES else n for n in CASES]
+)
 def test_parity(name):
     check(name, CASES[name])
 

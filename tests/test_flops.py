@@ -116,6 +116,7 @@ def test_clip_flops_is_t_out_times_step(layer, frame):
     assert t_out * (kernel_only - SCALAR_OPS) <= clip <= t_out * kernel_only
 
 
+@pytest.mark.slow
 def test_demo_network_step_is_cheaper_than_its_clip():
     model = small_x3d_like(num_classes=4, widths=(8, 16), blocks_per_stage=1)
     params = init_random(model, jax.random.PRNGKey(0))

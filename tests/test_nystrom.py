@@ -175,7 +175,7 @@ def _layer(landmarks, retroactive, n=N, m=M):
 @pytest.mark.parametrize(
     "landmarks, retroactive",
     [
-        ("fixed", False),
+        pytest.param("fixed", False, marks=pytest.mark.slow),
         pytest.param("updated", True, marks=pytest.mark.slow),
         # The mixed pairs add no new code path; `pytest -m slow` (CI) runs them.
         pytest.param("fixed", True, marks=pytest.mark.slow),

@@ -37,7 +37,10 @@ def _params(model, seed=0):
 
 
 @pytest.mark.parametrize("num_layers", [1, pytest.param(2, marks=pytest.mark.slow)])
-@pytest.mark.parametrize("learned", [pytest.param(True, marks=pytest.mark.slow), False])
+@pytest.mark.parametrize(
+    "learned",
+    [pytest.param(True, marks=pytest.mark.slow), pytest.param(False, marks=pytest.mark.slow)],
+)
 def test_contract(num_layers, learned):
     model = co_oadtr(**TINY, num_layers=num_layers, learned_positions=learned)
     assert model.delay == N - 1

@@ -143,7 +143,9 @@ def test_layer_exports_and_reloads(name, tmp_path):
             np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("streams", [pytest.param(4, marks=pytest.mark.slow), "n"])
+@pytest.mark.parametrize(
+    "streams", [pytest.param(4, marks=pytest.mark.slow), pytest.param("n", marks=pytest.mark.slow)]
+)
 def test_multi_stream_export(streams, tmp_path):
     layer = conv_network()
     params = _params(layer)
@@ -166,7 +168,13 @@ def test_multi_stream_export(streams, tmp_path):
         # lax.associative_scan pads with interior padding, which ONNX's Pad lacks.
         (lambda: co.RetroactiveMultiheadAttention(16, 2, 6), (16,), None, "interior padding"),
         # A ring write at a per-stream index becomes a scatter under vmap.
-        (lambda: co.SingleOutputMultiheadAttention(16, 2, 6), (16,), 4, "scatter"),
+        pytest.param(
+            lambda: co.SingleOutputMultiheadAttention(16, 2, 6),
+            (16,),
+            4,
+            "scatter",
+            marks=pytest.mark.slow,
+        ),
     ],
 )
 def test_unsupported_layers_raise_a_clear_error(make, shape, streams, names, tmp_path):

@@ -36,8 +36,8 @@ def _frames(key, shape):
     [
         co.GraphConv(3, 8, "kinetics"),
         co.GraphConv(3, 8, "kinetics", "spatial", bias_place="before_graph"),
-        co.AdaptiveGraphConv(3, 8, "kinetics"),
-        co.SpatialAttention(4, 8, num_heads=2),
+        pytest.param(co.AdaptiveGraphConv(3, 8, "kinetics"), marks=pytest.mark.slow),
+        pytest.param(co.SpatialAttention(4, 8, num_heads=2), marks=pytest.mark.slow),
     ],
     ids=["graph_conv", "graph_conv_st_gcn", "adaptive", "spatial_attention"],
 )
@@ -144,7 +144,7 @@ VARIANTS = [
 ]  # fmt: skip
 
 
-FAST = {("st_gcn", False)}  # the rest in the slow set (7-10 s each here)
+FAST: set = set()  # all in the slow set (7-23 s each here); the graph layers have fast ones
 
 
 @pytest.mark.parametrize(
