@@ -80,12 +80,15 @@ class Timing:
     every: int
     chain: tuple[tuple[int, int], ...]
     span: int
+    latest: bool = False  # one frame per clip: `fn` of the latest window (`_Latest`)
 
     def length(self, n: int | Array) -> int | Array:
         """Clip length of this value for an input clip of `n` frames."""
         for offset, stride in self.chain:
             longer = nonnegative((n + offset) // stride + 1)
             n = (0 if n == 0 else longer) if isinstance(n, int) else jnp.where(n == 0, 0, longer)
+        if self.latest:
+            return min(n, 1) if isinstance(n, int) else jnp.minimum(n, 1)
         return n
 
     def end(self, n: int | Array) -> int | Array:
@@ -142,6 +145,17 @@ class _Time:
 
 
 @dataclasses.dataclass(frozen=True)
+class _Latest:
+    """A value of the latest frames only: a trailing window of the clip (`x[-W:]`) and
+    what is computed from it. Its shape does not change with the clip length; a step
+    recomputes it from a ring of the last frames. `timing`: when it first exists."""
+
+    shapes: tuple[tuple[int, ...], tuple[int, ...]]
+    dtype: Any
+    timing: Timing
+
+
+@dataclasses.dataclass(frozen=True)
 class _Refused:
     """A value `continualize` cannot stream; `message` says why (raised at the output)."""
 
@@ -159,6 +173,14 @@ def _shapes(v1: Any, v2: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
 
 def _where(eqn: Any) -> str:
     return source_info_util.summarize(eqn.source_info)
+
+
+def _defined_at(fn: Callable) -> str:
+    """Where `fn` was defined (`file:line (name)`), for messages about its outputs."""
+    code = getattr(getattr(fn, "__func__", fn), "__code__", None)
+    if code is None:
+        return getattr(fn, "__name__", type(fn).__name__)
+    return f"{code.co_filename}:{code.co_firstlineno} ({code.co_name})"
 
 
 # --------------------------------------------------------------------------- the program
@@ -204,6 +226,18 @@ class _StaticOp(NamedTuple):
             out = self.eqn.primitive.bind(*args, **params)
         out = out if self.eqn.primitive.multiple_results else [out]
         rt.env.update(zip(self.outs, out))
+
+
+class _LatestOp(NamedTuple):
+    """An equation of latest-frames values (`_Latest`): evaluated as it is, each step
+    (not when the state is made: the values do not exist yet)."""
+
+    eqn: Any
+    ins: tuple
+    outs: tuple
+
+    def run(self, rt: _Runtime) -> None:
+        _StaticOp.run(self, rt)
 
 
 class _FrameOp(NamedTuple):
@@ -454,6 +488,15 @@ class _Builder:
         call = next((p for p in _CALL_JAXPR_PARAMS if p in e1.params), None)
         call = call if name in _CALLS else None
         timed = any(isinstance(v, _Time) for v in vals)
+        latest = [v for v in vals if isinstance(v, _Latest)]
+        if timed and latest:
+            return self.refuse(
+                e1,
+                "it combines the frames of the clip with a value of its latest frames "
+                "(a trailing window x[-W:]): earlier frames would see later ones.",
+            )
+        if latest:
+            return self.latest(e1, e2, ins, latest)
         if call is not None and timed:
             self.calls.append(self.where(e1))
             try:
@@ -485,6 +528,22 @@ class _Builder:
         where = self.where(e1)
         text = f"{e1.primitive.name} at {where}: {message}"
         return [self.new(_Refused(text)) for _ in e1.outvars]
+
+    def latest(self, e1: Any, e2: Any, ins: list, latest: list) -> list:
+        """An equation of latest-frames values (and constants): recomputed each step."""
+        everies = {v.timing.every for v in latest}
+        if len(everies) > 1:
+            return self.refuse(e1, "it combines trailing windows of values at different rates.")
+        timing = max((v.timing for v in latest), key=lambda t: t.start)
+        timing = dataclasses.replace(timing, span=max(v.timing.span for v in latest))
+        outs = [
+            self.new(_Latest(_shapes(v1, v2), v1.aval.dtype, timing))
+            for v1, v2 in zip(e1.outvars, e2.outvars)
+        ]
+        for i in ins:
+            self.use(i)
+        self.ops.append(_LatestOp(e1, tuple(ins), tuple(outs)))
+        return outs
 
     def static(self, e1: Any, e2: Any, ins: list, vals: list) -> list:
         outs = []
@@ -796,10 +855,12 @@ class _Builder:
         s1, s2 = e1.params["limit_indices"][a], e2.params["limit_indices"][a]
         stride = (e1.params["strides"] or (1,) * len(v.shapes[0]))[a]
         if b1 != b2:
+            if l1 - b1 == l2 - b2 and l1 - s1 == l2 - s2:
+                return self.trailing(e1, e2, ins, v, s1 - b1, l1 - s1, stride)
             return self.refuse(
                 e1,
-                "it slices frames counted from the end of the clip (x[-k:]): a "
-                "continual layer has no clip end. Use a window op over time.",
+                "it slices frames counted from the end of the clip and from its start: "
+                "a continual layer sees an endless stream.",
             )
         if l1 - s1 != l2 - s2:
             return self.refuse(
@@ -808,8 +869,10 @@ class _Builder:
                 "continual layer sees an endless stream.",
             )
         crop_end = l1 - s1
-        if (b1, crop_end, stride) == (0, 0, 1):
-            return self.per_frame(e1, e2, ins, vals)
+        if (b1, crop_end, stride) == (0, 0, 1):  # a slice of other axes, per frame
+            params = dict(e1.params)
+            params["limit_indices"] = _set(params["limit_indices"], a, 1)
+            return self.per_frame(e1, e2, ins, vals, params)
         params = dict(e1.params)
         params["start_indices"] = _set(params["start_indices"], a, 0)
         params["limit_indices"] = _set(params["limit_indices"], a, 1)
@@ -821,6 +884,29 @@ class _Builder:
             return jnp.squeeze(e1.primitive.bind(jnp.expand_dims(ring[0], a), **params), a)
 
         return self.window(e1, e2, ins[0], crop_end + 1, -b1, 0, stride, 0.0, kernel, "slice")
+
+    def trailing(self, e1, e2, ins, v: _Time, frames: int, crop_end: int, stride: int):
+        """A trailing window `x[T-frames-crop_end : T-crop_end : stride]`: a ring of the
+        last `frames + crop_end` frames, read whole each step (a `_Latest` value)."""
+        a = v.axis
+        size = frames + crop_end
+        params = dict(e1.params)
+        params["start_indices"] = _set(params["start_indices"], a, 0)
+        params["limit_indices"] = _set(params["limit_indices"], a, frames)
+
+        def kernel(env: dict, ring: Array) -> Array:
+            del env
+            return e1.primitive.bind(jnp.moveaxis(ring, 0, a), **params)
+
+        timing = v.timing.then(size, 0, 0, 1)
+        dst = self.new(_Latest(_shapes(e1.outvars[0], e2.outvars[0]), v.dtype, timing))
+        frame = jax.ShapeDtypeStruct(v.frame_shape, v.dtype)
+        self.use(ins[0])
+        self.ops.append(
+            _WindowOp(self.key("trailing"), ins[0], dst, size, v.timing, frame, 0.0, 0, kernel,
+                      always_push=v.timing.every == 1)
+        )  # fmt: skip
+        return [dst]
 
     def scan(self, e1, e2, ins, vals):
         p = e1.params
@@ -1007,7 +1093,17 @@ def build_plan(fn: Callable, frame: jax.ShapeDtypeStruct, params_spec: Any, leng
     shapes = ((length, *frame.shape), (2 * length + 3, *frame.shape))
     clip_id = builder.new(_Time(shapes, frame.dtype, 0, INPUT_TIMING))
     outs = builder.closed(closed1, closed2, [*param_ids, clip_id])
-    out_tree = jax.tree_util.tree_structure(shape1)
+    try:
+        return _outputs_plan(builder, outs, shape1, shape2, param_ids, clip_id, length)
+    except ContinualizeError as error:
+        raise ContinualizeError(f"{error} (the clip function: {_defined_at(fn)})") from None
+
+
+def _outputs_plan(builder, outs, shape1, shape2, param_ids, clip_id, length) -> _Plan:
+    """The plan for the clip function's output values `outs` (see `build_plan`)."""
+    latest = [builder.values[i] for i in outs if isinstance(builder.values[i], _Latest)]
+    if latest:
+        return _latest_plan(builder, outs, shape1, param_ids, clip_id, length)
     for i in outs:
         v = builder.values[i]
         if isinstance(v, _Refused):
@@ -1041,12 +1137,68 @@ def build_plan(fn: Callable, frame: jax.ShapeDtypeStruct, params_spec: Any, leng
         param_ids=tuple(param_ids),
         clip_id=clip_id,
         outputs=tuple(outs),
-        out_tree=out_tree,
+        out_tree=jax.tree_util.tree_structure(shape1),
         timing=timing,
         timings=timings,
         flush_steps=flush,
         wrap=(horizon + 2 * period, period),
     )
+
+
+def _latest_plan(builder: _Builder, outs: list, shape1: Any, param_ids, clip_id, length) -> _Plan:
+    """The plan of a clip function whose outputs summarise a trailing window: each
+    step emits `fn` of the latest window, one frame (the outputs' leading axis of 1)."""
+    for i in outs:
+        v = builder.values[i]
+        if isinstance(v, _Refused):
+            raise ContinualizeError(f"continualize: {v.message}")
+        if not isinstance(v, _Latest):
+            raise ContinualizeError(
+                "continualize: the clip function returns both per-frame clips and "
+                "summaries of a trailing window; return one kind."
+            )
+        if v.shapes[0][:1] != (1,):
+            raise ContinualizeError(
+                f"continualize: an output of the latest frames has shape {v.shapes[0]}: "
+                "return one frame with time leading, e.g. x[-W:].mean(0, keepdims=True)."
+            )
+    timings = [builder.values[i].timing for i in outs]
+    if len({t.every for t in timings}) > 1:
+        raise ContinualizeError("continualize: the outputs come at different rates.")
+    timing = max(timings, key=lambda t: t.start)
+    timing = dataclasses.replace(timing, span=max(t.span for t in timings), latest=True)
+    for i in outs:
+        builder.use(i)
+    first = builder.new(None)  # ids of the outputs' one frame
+    firsts = []
+    for k, i in enumerate(outs):
+        firsts.append(first if k == 0 else builder.new(None))
+        builder.ops.append(_TakeFirst(i, firsts[-1]))
+    all_timings = [v.timing for v in builder.values.values() if isinstance(v, (_Time, _Latest))]
+    period = math.lcm(*(t.every for t in all_timings))
+    horizon = max(t.start for t in all_timings) + 1
+    return _Plan(
+        ops=tuple(builder.ops),
+        constants=builder.constants,
+        param_ids=tuple(param_ids),
+        clip_id=clip_id,
+        outputs=tuple(firsts),
+        out_tree=jax.tree_util.tree_structure(shape1),
+        timing=timing,
+        timings=tuple(all_timings),
+        flush_steps=0,
+        wrap=(horizon + 2 * period, period),
+    )
+
+
+class _TakeFirst(NamedTuple):
+    """The output frame of a one-frame output `(1, ...)`."""
+
+    src: int
+    dst: int
+
+    def run(self, rt: _Runtime) -> None:
+        rt.env[self.dst] = rt.env[self.src][0]
 
 
 def _check_lengths(builder: _Builder, shape1: Any, shape2: Any, length: int) -> None:

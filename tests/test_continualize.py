@@ -67,6 +67,7 @@ def _check(fn, params, frame, *, delay=None, stride=None, receptive_field=None, 
         ((3,), 3, 2, (1, 1), 2, 1, 3, 5),  # symmetric, strided, dilated
         ((5, 4), 2, 1, (0, 0), 1, 2, 1, 2),  # 1 spatial dim, groups
         ((4, 4, 4), 3, 1, (1, 1), 1, 1, 1, 3),  # 2 spatial dims (Conv3d-like)
+        ((3, 3, 3, 2), 2, 2, (1, 0), 1, 1, 0, 2),  # 3 spatial dims: a 4D conv
     ],
 )
 def test_conv_over_time(frame, kernel, stride, padding, dilation, groups, delay, rf):
@@ -162,6 +163,7 @@ def test_per_frame_ops():
         h = jnp.transpose(h, (0, 2, 1, 3)).reshape(t, -1, 2)
         h = jax.nn.softmax(h, axis=-1) + jnp.where(h > 0, h, 0.1 * h)
         h = h.max(axis=1) + jnp.floor(h.sum(axis=1)).astype(jnp.int32).astype(F32)
+        h = jnp.pad(h[:, 1:], ((0, 0), (1, 0)))  # slices and pads of other axes
         return jax.nn.gelu(h)
 
     _check(fn, {"w": _normal(0, (3, 4))}, (2, 3, 3), delay=0, receptive_field=1)
@@ -263,6 +265,48 @@ def test_scan_after_a_conv():
     _check(fn, {"w": _normal(0, (3, 2, 3))}, (2,), delay=1, num_frames=12)
 
 
+# --------------------------------------------------------------------------- trailing windows
+
+
+def _causal_cnn(p, x):
+    return jax.nn.relu(_conv_time(x, p["w"], padding=(2, 0)))
+
+
+def _trailing_params():
+    return {"w": _normal(0, (3, 2, 4)), "head": _normal(1, (4, 3))}
+
+
+@pytest.mark.parametrize("crop_end", [0, 2])
+def test_mean_over_a_fixed_trailing_window(crop_end):
+    """A classifier over the last 5 frames, `h[-5:].mean(0, keepdims=True) @ head`:
+    each step emits the clip function on the stream so far (one frame), from the
+    step its window is full on; a crop of the end (`h[-7:-2]`) adds its frames."""
+
+    def fn(p, x):
+        h = _causal_cnn(p, x)
+        window = h[h.shape[0] - 5 - crop_end : h.shape[0] - crop_end]
+        return window.mean(0, keepdims=True) @ p["head"]
+
+    params = _trailing_params()
+    layer = continualize(fn, jax.ShapeDtypeStruct((2,), F32), params=params)
+    assert (layer.delay, layer.receptive_field) == (4 + crop_end, 7 + crop_end)
+    assert (layer.output_length(3 + crop_end), layer.output_length(40)) == (0, 1)
+    verify_contract(layer, (2,), params=params, num_frames=layer.delay + 1)
+    clip = _normal(2, (14, 2))
+    _, ys, valid = co.forward_steps(layer, params, layer.init_state(params, clip[0]), clip)
+    assert np.asarray(valid).tolist() == [t >= layer.delay for t in range(14)]
+    for t in range(layer.delay, 14):
+        np.testing.assert_allclose(ys[t], fn(params, clip[: t + 1])[0], atol=1e-5)
+
+
+def test_a_trailing_window_mixed_with_the_frames_is_refused():
+    def fn(p, x):
+        return x - x[-3:].mean(0, keepdims=True)
+
+    _refused(fn, {}, (2,), "earlier frames would see later ones")
+    _refused(lambda p, x: x[-3:].mean(0), {}, (2,), "keepdims=True")
+
+
 # --------------------------------------------------------------------------- refusals
 
 
@@ -298,7 +342,7 @@ def test_refuses_data_dependent_time_indexing():
 
 def test_refuses_cumsum_slices_from_the_end_and_clip_positions():
     _refused(lambda p, x: jnp.cumsum(x, axis=0), {}, (2,), "cumsum")
-    _refused(lambda p, x: x[-3:], {}, (2,), "slice", "end of the clip")
+    _refused(lambda p, x: x[-3:], {}, (2,), "keepdims=True")  # a window, not a frame
     _refused(lambda p, x: x[:4], {}, (2,), "slice", "start of the clip")
     _refused(lambda p, x: x + jnp.arange(x.shape[0])[:, None], {}, (2,), "RecyclingPositional")
     _refused(lambda p, x: x / x.shape[0], {}, (2,), "clip length")
@@ -452,6 +496,83 @@ def test_streams_and_pool():
     for s in range(3):
         ys = np.stack([o[0][s] for o in outs])[np.array([o[1][s] for o in outs])]
         np.testing.assert_allclose(ys, fn(params, clips[s])[: len(ys)], atol=1e-5)
+
+
+def test_stream_pool_and_exported_step():
+    """A continualized layer in the stream pool and as a `jax.export` artefact: both
+    equal its single-stream steps."""
+    from cojax.export import export_step, load_step
+
+    params = _trailing_params()
+    layer = continualize(_causal_cnn, jax.ShapeDtypeStruct((2,), F32), params=params)
+    clips = _normal(3, (2, 6, 2))
+    pool = co.StreamPool(layer, params, capacity=2, frame=jnp.zeros(2))
+    pool.open("a")
+    pool.open("b")
+    pooled = [pool.push({"a": clips[0, t], "b": clips[1, t]}) for t in range(6)]
+    reference = [_causal_cnn(params, c) for c in clips]
+    for t, out in enumerate(pooled):
+        for s, key in enumerate("ab"):
+            y, valid = out[key]
+            assert valid
+            np.testing.assert_allclose(y, reference[s][t], atol=1e-5)
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as directory:
+        export_step(layer, params, jnp.zeros(2), directory)
+        step, state = load_step(directory)
+        for t in range(6):
+            state, ys, valid = step(state, clips[0, t])
+            np.testing.assert_allclose(ys[0], reference[0][t], atol=1e-5)
+
+
+SHARDED = """
+import json
+import jax, jax.numpy as jnp, numpy as np
+from jax import lax
+import cojax as co
+jax.config.update("jax_default_matmul_precision", "highest")
+assert jax.device_count() == 8
+
+def fn(p, x):
+    y = lax.conv_general_dilated(x[None], p["w"], (1,), [(1, 1)], dimension_numbers=("NTC", "TIO", "NTC"))[0]
+    return jnp.tanh(y) + x[:, :1]
+
+params = {"w": jnp.asarray(np.random.default_rng(0).standard_normal((3, 2, 4)), jnp.float32)}
+layer = co.continualize(fn, jax.ShapeDtypeStruct((2,), jnp.float32), params=params)
+frames = np.random.default_rng(1).standard_normal((9, 16, 2)).astype(np.float32)
+step = jax.jit(lambda p, s, x: co.step_streams(layer, p, s, x))
+mesh = co.streams_mesh()
+plain = co.init_streams(layer, params, frames[0, 0], 16)
+sharded = co.shard_streams(co.init_streams(layer, params, frames[0, 0], 16), mesh)
+diff = 0.0
+for x in frames:
+    plain, (a, _) = step(params, plain, x)
+    sharded, (b, _) = step(co.replicate(params, mesh), sharded, co.shard_streams(x, mesh))
+    diff = max(diff, float(np.abs(np.asarray(a) - np.asarray(b)).max()))
+leaf = jax.tree_util.tree_leaves(sharded)[0]
+print(json.dumps({"diff": diff, "devices": len(leaf.sharding.device_set)}))
+"""
+
+
+@pytest.mark.slow
+def test_sharded_streams(tmp_path):
+    """16 streams of a continualized layer sharded over 8 CPU devices == unsharded."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "sharded.py"
+    script.write_text(SHARDED)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=600, env=env
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["devices"] == 8 and report["diff"] <= 1e-6
 
 
 # --------------------------------------------------------------------------- property test
