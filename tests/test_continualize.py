@@ -7,6 +7,7 @@ hand-computed ones; every refused operation raises `ContinualizeError` naming th
 primitive and the line of the test that wrote it.
 """
 
+import continualize_networks as networks
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -390,91 +391,51 @@ def test_bad_inputs_get_clear_errors():
 # --------------------------------------------------------------------------- real networks
 
 
+def _step_vs_clip(layer, params, clip) -> float:
+    """Max |steps - the clip function| over the valid outputs of one stream."""
+    _, ys, valid = co.forward_steps(layer, params, layer.init_state(params, clip[0]), clip)
+    valid = np.asarray(valid)
+    out = np.asarray(layer.forward(params, clip))
+    assert out.std() > 1e-2  # the input-dependent part, not only biases
+    return float(np.abs(np.asarray(ys)[valid] - out[: int(valid.sum())]).max())
+
+
 @pytest.mark.slow
 def test_flax_temporal_cnn():
     """Conv over (T, H, W) + BatchNorm (eval mode, random statistics) + ReLU + pool +
     a causal conv + Dense head."""
-    import flax.linen as nn
-
-    class Net(nn.Module):
-        @nn.compact
-        def __call__(self, x):
-            x = nn.Conv(6, (3, 3, 3), padding=((1, 1), (1, 1), (1, 1)))(x)
-            x = nn.relu(nn.BatchNorm(use_running_average=True)(x))
-            x = nn.avg_pool(x, (2, 2, 2), strides=(1, 2, 2))
-            x = nn.Conv(6, (2, 1, 1), padding=((1, 0), (0, 0), (0, 0)))(x)
-            return nn.Dense(4)(x.mean(axis=(1, 2)))
-
-    net = Net()
-    variables = net.init(jax.random.PRNGKey(0), jnp.ones((6, 6, 6, 2)))
-    variables = jax.tree_util.tree_map(lambda a: a + 0.5 * _normal(7, a.shape), variables)
-    variables["batch_stats"]["BatchNorm_0"]["var"] = jnp.abs(
-        variables["batch_stats"]["BatchNorm_0"]["var"]
-    )
-    layer = _check(net.apply, variables, (6, 6, 2), delay=2, receptive_field=5)
-    # The input-dependent part, not only the biases: outputs differ between clips.
-    clip = _normal(1, (10, 6, 6, 2))
-    out = net.apply(variables, clip)
-    assert float(jnp.std(out[:, 0])) > 1e-2
-    _, ys, valid = co.forward_steps(layer, variables, layer.init_state(variables, clip[0]), clip)
-    np.testing.assert_allclose(
-        np.asarray(ys)[np.asarray(valid)], out[: int(valid.sum())], atol=1e-5
-    )
+    fn, variables, frame = networks.flax_temporal_cnn()
+    layer = _check(fn, variables, frame, delay=2, receptive_field=5)
+    assert _step_vs_clip(layer, variables, _normal(1, (12, *frame))) < 1e-5
 
 
 @pytest.mark.slow
 def test_equinox_1d_cnn():
-    import equinox as eqx
-
-    class Net(eqx.Module):
-        c1: eqx.nn.Conv1d
-        c2: eqx.nn.Conv1d
-        head: eqx.nn.Linear
-
-        def __init__(self, key):
-            k1, k2, k3 = jax.random.split(key, 3)
-            self.c1 = eqx.nn.Conv1d(3, 8, 3, padding=((2, 0),), key=k1)
-            self.c2 = eqx.nn.Conv1d(8, 8, 3, stride=2, dilation=2, padding=((2, 2),), key=k2)
-            self.head = eqx.nn.Linear(8, 5, key=k3)
-
-        def __call__(self, x):  # Equinox is channels-first: (C, T) -> (T, C) outside
-            h = jax.nn.relu(self.c1(x.T))
-            h = jax.nn.relu(self.c2(h))
-            return jax.vmap(self.head)(h.T)
-
-    model = Net(jax.random.PRNGKey(0))
-    params, static = eqx.partition(model, eqx.is_array)
-
-    def fn(p, clip):
-        return eqx.combine(p, static)(clip)
-
-    _check(fn, params, (3,), delay=2, stride=2, receptive_field=7)
-
-
-def _anchor_params(layers: int, channels: int, seed: int = 0) -> list:
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(layers):
-        w = rng.standard_normal((3, 3, 3, channels, channels)) / np.sqrt(27 * channels)
-        bn = [rng.standard_normal(channels) * 0.1, rng.uniform(0.5, 1.5, channels)]
-        bn += [rng.standard_normal(channels) * 0.1, rng.uniform(0.5, 1.5, channels)]
-        out.append({"w": jnp.asarray(w, F32), "bn": [jnp.asarray(a, F32) for a in bn]})
-    return out
-
-
-def anchor_fn(params, x):
-    """The anchor network in plain JAX: 10 x (Conv3d 3x3x3, padding 1, BN, ReLU)."""
-    for layer in params:
-        x = _conv_time(x, layer["w"], padding=(1, 1))
-        mean, var, scale, shift = layer["bn"]
-        x = jax.nn.relu((x - mean) * lax.rsqrt(var + 1e-5) * scale + shift)
-    return x
+    fn, params, frame = networks.equinox_1d_cnn()
+    layer = _check(fn, params, frame, delay=2, stride=2, receptive_field=7)
+    assert _step_vs_clip(layer, params, _normal(1, (20, *frame))) < 1e-5
 
 
 @pytest.mark.slow
-def test_plain_jax_anchor_network():
-    params = _anchor_params(10, 4)
-    _check(anchor_fn, params, (5, 5, 4), delay=10, receptive_field=21, num_frames=24)
+def test_plain_jax_anchor_network_equals_the_hand_built_one():
+    """The anchor network (10 x Conv3d + BN + ReLU) in plain JAX, continualized, against
+    the same network built from cojax layers with the same random params."""
+    from cojax.demo_models import init_random
+
+    blocks = []
+    for _ in range(10):
+        blocks += [co.Conv3d(4, 4, 3, padding=(0, 1, 1)), co.BatchNorm3d(4), co.ReLU()]
+    hand = co.Sequential(*blocks)
+    params = init_random(hand, jax.random.PRNGKey(0))
+    layer = _check(
+        networks.plain_anchor, params, (5, 5, 4), delay=20, receptive_field=21, num_frames=26
+    )
+    clip = _normal(1, (28, 5, 5, 4))
+    assert _step_vs_clip(layer, params, clip) < 1e-5
+    _, ys_hand, valid_hand = co.forward_steps(hand, params, hand.init_state(params, clip[0]), clip)
+    _, ys, valid = co.forward_steps(layer, params, layer.init_state(params, clip[0]), clip)
+    np.testing.assert_array_equal(valid, valid_hand)
+    np.testing.assert_allclose(ys, ys_hand, atol=1e-5)
 
 
 # --------------------------------------------------------------------------- integration
