@@ -1057,7 +1057,6 @@ class _Plan(NamedTuple):
     outputs: tuple  # value ids of the output leaves (aligned)
     out_tree: Any
     timing: Timing  # of the outputs
-    timings: tuple  # every time-varying value's
     flush_steps: int
     wrap: tuple[int, int]  # (limit, period) of the step counter
 
@@ -1139,7 +1138,6 @@ def _outputs_plan(builder, outs, shape1, shape2, param_ids, clip_id, length) -> 
         outputs=tuple(outs),
         out_tree=jax.tree_util.tree_structure(shape1),
         timing=timing,
-        timings=timings,
         flush_steps=flush,
         wrap=(horizon + 2 * period, period),
     )
@@ -1167,12 +1165,10 @@ def _latest_plan(builder: _Builder, outs: list, shape1: Any, param_ids, clip_id,
         raise ContinualizeError("continualize: the outputs come at different rates.")
     timing = max(timings, key=lambda t: t.start)
     timing = dataclasses.replace(timing, span=max(t.span for t in timings), latest=True)
+    firsts = []  # the outputs' one frame each
     for i in outs:
         builder.use(i)
-    first = builder.new(None)  # ids of the outputs' one frame
-    firsts = []
-    for k, i in enumerate(outs):
-        firsts.append(first if k == 0 else builder.new(None))
+        firsts.append(builder.new(None))
         builder.ops.append(_TakeFirst(i, firsts[-1]))
     all_timings = [v.timing for v in builder.values.values() if isinstance(v, (_Time, _Latest))]
     period = math.lcm(*(t.every for t in all_timings))
@@ -1185,7 +1181,6 @@ def _latest_plan(builder: _Builder, outs: list, shape1: Any, param_ids, clip_id,
         outputs=tuple(firsts),
         out_tree=jax.tree_util.tree_structure(shape1),
         timing=timing,
-        timings=tuple(all_timings),
         flush_steps=0,
         wrap=(horizon + 2 * period, period),
     )

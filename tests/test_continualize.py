@@ -341,6 +341,12 @@ def test_refuses_data_dependent_time_indexing():
     _refused(fn, {}, (3,), "argmax")
 
 
+def test_refuses_indexing_time_with_an_index_array():
+    _refused(
+        lambda p, x: x[p["frames"]], {"frames": jnp.array([0, 2])}, (3,), "gather", "static slices"
+    )
+
+
 def test_refuses_cumsum_slices_from_the_end_and_clip_positions():
     _refused(lambda p, x: jnp.cumsum(x, axis=0), {}, (2,), "cumsum")
     _refused(lambda p, x: x[-3:], {}, (2,), "keepdims=True")  # a window, not a frame
