@@ -365,7 +365,9 @@ _CALLS = frozenset(
     "jit pjit closed_call core_call custom_jvp_call custom_vjp_call custom_vjp_call_jaxpr "
     "remat remat2 checkpoint".split()
 )
-_INDEXING = frozenset("gather scatter scatter-add scatter_add dynamic_slice dynamic_update_slice")
+_INDEXING = frozenset(
+    "gather scatter scatter-add scatter_add dynamic_slice dynamic_update_slice".split()
+)
 
 _HINT_WINDOW = (
     "A continual layer sees an endless stream: use a windowed op over time instead "

@@ -342,9 +342,18 @@ def test_refuses_data_dependent_time_indexing():
 
 
 def test_refuses_indexing_time_with_an_index_array():
-    _refused(
-        lambda p, x: x[p["frames"]], {"frames": jnp.array([0, 2])}, (3,), "gather", "static slices"
-    )
+    # jnp first wraps negative indices by adding T (refused: a constant of the clip
+    # length); lax.gather itself is refused as data-dependent indexing.
+    message = _refused(lambda p, x: x[p["frames"]], {"frames": jnp.array([0, 2])}, (3,))
+    assert "clip length" in message
+
+    def gather(p, x):
+        dims = lax.GatherDimensionNumbers(
+            offset_dims=(1,), collapsed_slice_dims=(0,), start_index_map=(0,)
+        )
+        return lax.gather(x, p["frames"][:, None], dims, (1, 3))
+
+    _refused(gather, {"frames": jnp.array([0, 2])}, (3,), "gather", "static slices")
 
 
 def test_refuses_cumsum_slices_from_the_end_and_clip_positions():
