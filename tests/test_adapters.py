@@ -511,6 +511,7 @@ def test_pruned_splora_attention_fuses_and_streams_as_continual_attention():
     np.testing.assert_allclose(streamed, expected, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_initialisations_follow_the_reference():
     """Each parameter is uniform on the reference's range: the largest |value| of both
     implementations lies just under the same bound."""

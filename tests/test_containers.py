@@ -67,7 +67,7 @@ COMPOSITIONS = {
 }
 
 
-SLOW_COMPOSITIONS = {"nested", "broadcast_callable"}  # 9-14 s each here
+SLOW_COMPOSITIONS = {"nested", "broadcast_callable", "parallel_dispatch"}  # 8-14 s each here
 
 
 @pytest.mark.parametrize(

@@ -47,6 +47,7 @@ def _conv_time(x, w, stride=1, padding=(0, 0), dilation=1, groups=1):
 
 
 def _check(fn, params, frame, *, delay=None, stride=None, receptive_field=None, **kw):
+    kw.setdefault("check_grad", False)  # forward is fn itself: its gradients are JAX's
     layer = continualize(fn, jax.ShapeDtypeStruct(frame, F32), params=params)
     if delay is not None:
         assert layer.delay == delay
@@ -98,7 +99,7 @@ def test_conv_stack_schedule():
         "w2": _normal(2, (3, 8, 6)),
         "w3": _normal(3, (6, 5)),
     }
-    layer = _check(fn, params, (4,), delay=5, stride=2, receptive_field=9)
+    layer = _check(fn, params, (4,), delay=5, stride=2, receptive_field=9, check_grad=True)
     assert layer.output_length(20) == fn(params, jnp.zeros((20, 4))).shape[0]
 
 
@@ -209,6 +210,18 @@ def test_concatenated_branches_and_strided_merge():
         "d": _normal(3, (6, 4)),
     }
     _check(fn, params, (2,), stride=2)
+
+
+def test_a_pytree_of_outputs_with_different_delays():
+    """Outputs come together: the earlier one waits for the later one."""
+
+    def fn(p, x):
+        return {"now": jnp.tanh(x), "smooth": _conv_time(x, p["w"], padding=(1, 1))}
+
+    layer = _check(fn, {"w": _normal(0, (3, 2, 2))}, (2,), delay=1, receptive_field=3)
+    state = layer.init_state({"w": _normal(0, (3, 2, 2))}, jnp.zeros(2))
+    _, (y, _) = layer.step({"w": _normal(0, (3, 2, 2))}, state, jnp.zeros(2))
+    assert set(y) == {"now", "smooth"}
 
 
 def test_time_slices_and_pads():

@@ -107,6 +107,7 @@ def test_train_updated_then_fix_landmarks_and_fine_tune():
     assert accuracy > 0.5, accuracy
 
 
+@pytest.mark.slow
 def test_bad_config_raises():
     with pytest.raises(ValueError, match="num_layers must be 1 or 2"):
         model = NystromformerClassifier(**TINY, num_layers=3)

@@ -240,6 +240,7 @@ def pool_configs(draw):
     return layer, (T, *FRAMES[n])
 
 
+@pytest.mark.slow
 @settings(max_examples=15, deadline=None)
 @given(pool_configs())
 def test_random_configs_match_torch(config):

@@ -34,7 +34,7 @@ def _frames(key, shape):
 @pytest.mark.parametrize(
     "layer",
     [
-        co.GraphConv(3, 8, "kinetics"),
+        pytest.param(co.GraphConv(3, 8, "kinetics"), marks=pytest.mark.slow),
         co.GraphConv(3, 8, "kinetics", "spatial", bias_place="before_graph"),
         pytest.param(co.AdaptiveGraphConv(3, 8, "kinetics"), marks=pytest.mark.slow),
         pytest.param(co.SpatialAttention(4, 8, num_heads=2), marks=pytest.mark.slow),

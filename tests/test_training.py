@@ -202,6 +202,8 @@ SLOW = {
     "delay",
     "conv3d-dilated-strided",
     "gru",
+    "conv-padded",
+    "conv-bn-dropout-pool",
 }  # run by `pytest -m slow` (CI runs both sets)
 
 
