@@ -516,6 +516,24 @@ def test_stream_pool_and_exported_step():
             np.testing.assert_allclose(ys[0], reference[0][t], atol=1e-5)
 
 
+@pytest.mark.slow
+def test_onnx_export(tmp_path):
+    """The step of a continualized causal CNN as ONNX, run in onnxruntime, equals the
+    clip function (export_onnx_step itself checks it against the step first)."""
+    from cojax.onnx_export import export_onnx_step, load_onnx_step
+
+    params = _trailing_params()
+    layer = continualize(_causal_cnn, jax.ShapeDtypeStruct((2,), F32), params=params)
+    export_onnx_step(layer, params, jnp.zeros(2), tmp_path)
+    step, state = load_onnx_step(tmp_path)
+    clip = _normal(4, (6, 2))
+    reference = np.asarray(_causal_cnn(params, clip))
+    for t in range(6):
+        state, ys, valid = step(state, np.asarray(clip[t]))
+        assert bool(valid)
+        np.testing.assert_allclose(ys[0], reference[t], atol=1e-5)
+
+
 SHARDED = """
 import json
 import jax, jax.numpy as jnp, numpy as np
