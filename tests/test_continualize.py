@@ -517,6 +517,19 @@ def test_stream_pool_and_exported_step():
 
 
 @pytest.mark.slow
+def test_training_checks_of_the_harness():
+    """Gradients through forward == through the steps, the receptive field measured
+    from gradients, train mode on a ragged batch (a causal conv, then a centred one)."""
+
+    def fn(p, x):
+        y = jnp.tanh(_conv_time(x, p["w"], padding=(2, 0)) + p["b"])
+        return _conv_time(y, p["w2"], padding=(1, 1))
+
+    params = {"w": _normal(0, (3, 2, 4)), "b": _normal(1, (4,)), "w2": _normal(2, (3, 4, 3))}
+    _check(fn, params, (2,), delay=1, receptive_field=5, check_training=True, check_grad=True)
+
+
+@pytest.mark.slow
 def test_onnx_export(tmp_path):
     """The step of a continualized causal CNN as ONNX, run in onnxruntime, equals the
     clip function (export_onnx_step itself checks it against the step first)."""
