@@ -128,7 +128,9 @@ def test_gradual_pruning_reaches_the_target_and_never_regrows(scope):
         prune_to({"conv_0": np.ones(4)}, masks, 0.5, TAPS)
 
 
-@pytest.mark.parametrize("adapter", [pytest.param("splora", marks=pytest.mark.slow), "sppara"])
+@pytest.mark.parametrize(
+    "adapter", [pytest.param(a, marks=pytest.mark.slow) for a in ("splora", "sppara")]
+)
 def test_exported_smaller_network_equals_the_masked_model(adapter):
     model, params = random_params(adapter)
     masks = random_masks(1)

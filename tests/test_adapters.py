@@ -474,6 +474,7 @@ def test_splora_attention_matches_reference(cross):
     np.testing.assert_allclose(masked, expected_masked[0].numpy(), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_pruned_splora_attention_fuses_and_streams_as_continual_attention():
     from cojax.adapters import SPLoRAMultiHeadAttention, fuse_attention
     from cojax.layers.attention import RetroactiveMultiheadAttention

@@ -82,10 +82,7 @@ def _torch_windows(model, params, x, num_layers):
         return (h @ t(params["classifier"]["kernel"]) + t(params["classifier"]["bias"])).numpy()
 
 
-@pytest.mark.parametrize(
-    "num_layers",
-    [pytest.param(1, marks=pytest.mark.slow), pytest.param(2, marks=pytest.mark.slow), 3],
-)
+@pytest.mark.parametrize("num_layers", [pytest.param(n, marks=pytest.mark.slow) for n in (1, 2, 3)])
 def test_steps_equal_the_plain_computation_on_every_window(num_layers):
     model = co_oadtr(**TINY, num_layers=num_layers)
     params = _params(model, seed=num_layers)

@@ -35,7 +35,10 @@ def _frames(key, shape):
     "layer",
     [
         pytest.param(co.GraphConv(3, 8, "kinetics"), marks=pytest.mark.slow),
-        co.GraphConv(3, 8, "kinetics", "spatial", bias_place="before_graph"),
+        pytest.param(
+            co.GraphConv(3, 8, "kinetics", "spatial", bias_place="before_graph"),
+            marks=pytest.mark.slow,
+        ),
         pytest.param(co.AdaptiveGraphConv(3, 8, "kinetics"), marks=pytest.mark.slow),
         pytest.param(co.SpatialAttention(4, 8, num_heads=2), marks=pytest.mark.slow),
     ],
