@@ -1125,24 +1125,7 @@ def _outputs_plan(builder, outs, shape1, shape2, param_ids, clip_id, length) -> 
     for i in outs:
         builder.use(i)
     _check_lengths(builder, shape1, shape2, length)
-    timings = tuple(v.timing for v in builder.values.values() if isinstance(v, _Time))
-    period = math.lcm(*(t.every for t in timings))
-    horizon = max(t.start for t in timings) + 1
-    flush = 0
-    for n in range(1, horizon + 3 * period):
-        if timing.length(n) > 0:
-            flush = max(flush, timing.end(n) - timing.every + 1 - n)
-    return _Plan(
-        ops=tuple(builder.ops),
-        constants=builder.constants,
-        param_ids=tuple(param_ids),
-        clip_id=clip_id,
-        outputs=tuple(outs),
-        out_tree=jax.tree_util.tree_structure(shape1),
-        timing=timing,
-        flush_steps=flush,
-        wrap=(horizon + 2 * period, period),
-    )
+    return _make_plan(builder, outs, shape1, param_ids, clip_id, timing)
 
 
 def _latest_plan(builder: _Builder, outs: list, shape1: Any, param_ids, clip_id, length) -> _Plan:
@@ -1172,18 +1155,29 @@ def _latest_plan(builder: _Builder, outs: list, shape1: Any, param_ids, clip_id,
         builder.use(i)
         firsts.append(builder.new(None))
         builder.ops.append(_TakeFirst(i, firsts[-1]))
-    all_timings = [v.timing for v in builder.values.values() if isinstance(v, (_Time, _Latest))]
-    period = math.lcm(*(t.every for t in all_timings))
-    horizon = max(t.start for t in all_timings) + 1
+    return _make_plan(builder, firsts, shape1, param_ids, clip_id, timing)
+
+
+def _make_plan(builder: _Builder, outputs, shape1, param_ids, clip_id, timing: Timing) -> _Plan:
+    """The plan of the built program: the step counter wraps by the period of every
+    value's schedule once all have started; the flush runs until the last output frame
+    the end padding releases (none for trailing-window outputs)."""
+    timings = [v.timing for v in builder.values.values() if isinstance(v, (_Time, _Latest))]
+    period = math.lcm(*(t.every for t in timings))
+    horizon = max(t.start for t in timings) + 1
+    flush = 0
+    for n in range(1, horizon + 3 * period):
+        if timing.length(n) > 0:
+            flush = max(flush, timing.end(n) - timing.every + 1 - n)
     return _Plan(
         ops=tuple(builder.ops),
         constants=builder.constants,
         param_ids=tuple(param_ids),
         clip_id=clip_id,
-        outputs=tuple(firsts),
+        outputs=tuple(outputs),
         out_tree=jax.tree_util.tree_structure(shape1),
         timing=timing,
-        flush_steps=0,
+        flush_steps=flush,
         wrap=(horizon + 2 * period, period),
     )
 
