@@ -51,6 +51,8 @@ CONFIGS = [
     ),
     (Conv3d(4, 6, (3, 1, 1), stride=(1, 2, 2), padding=(2, 1, 0), groups=2), (5, 4, 4)),
     (Conv3d(3, 4, (1, 3, 3), stride=(2, 1, 1), padding=(0, 1, 1)), (4, 4, 3)),
+    # the "partials" step with temporal dilation, spatial stride and dilation
+    (Conv3d(3, 4, 3, padding=(3, 1, 2), stride=(1, 2, 1), dilation=(2, 1, 2)), (7, 6, 3)),
 ]
 IDS = [f"{type(c).__name__}-{c.kernel_path}-{i}" for i, (c, _) in enumerate(CONFIGS)]
 
@@ -93,7 +95,7 @@ def random_params(layer, seed: int = 0):
 # verify_contract compiles ~60 small XLA programs per layer (seconds): a subset of the
 # configs here (the gradient check once per kernel path); the random configurations
 # below cover the rest.
-CONTRACT = {1: True, 3: True, 5: False, 6: False, 7: True}
+CONTRACT = {1: True, 3: True, 5: False, 6: False, 7: True, 10: False}
 
 
 @pytest.mark.parametrize("index", list(CONTRACT), ids=[IDS[i] for i in CONTRACT])
@@ -205,7 +207,12 @@ def test_kernel_path_is_what_runs(layer, path):
         (layer.forward, (params, clip)),
     ):
         convs = conv_eqns(jax.make_jaxpr(fn)(*args).jaxpr)
-        if path == "dense":
+        if path == "dense" and fn == layer.step and layer.step_path == "partials":
+            # the new frame against all 3 temporal taps: one 2D conv C_in -> 3 C_out
+            assert len(convs) == 1 and len(convs[0].invars[0].aval.shape) == 4
+            assert convs[0].invars[0].aval.shape[-1] == 8
+            assert convs[0].outvars[0].aval.shape[-1] == 3 * 16
+        elif path == "dense":
             assert len(convs) == layer.groups  # one folded 2D conv per group
             assert all(len(c.invars[0].aval.shape) == 4 for c in convs)
             assert all(c.invars[0].aval.shape[-1] == 3 * 8 // layer.groups for c in convs)

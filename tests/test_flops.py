@@ -8,6 +8,10 @@ What XLA's CPU cost analysis counts for one continual conv step (checked on jax 
 - the bias: 1 add per output element;
 - the step's `zero_unless` (a select): 1 per output element;
 - the frame counter (`advance_counter`): a handful of scalar ops.
+- a dense "partials" step (`Conv3d.step_path`): its one conv counts 2 FLOPs per tap for
+  each of the k_t temporal blocks it outputs, and the k_t − 1 adds that sum a frame's
+  blocks into the partial sums come on top: (k_t − 1) per output element more than the
+  window kernel's count.
 - the depthwise kernel (shifted slices × per-channel weight, summed): k multiplies and
   k − 1 adds per output element, over the padded frame (no taps skipped).
 `clip_flops` has no select or counter, so a clip of T frames costs T_out × the step's
@@ -47,8 +51,11 @@ def in_bounds_taps(size: int, k: int, pad: int) -> int:
     )
 
 
-def assert_counts(measured: float, kernel: int, out_elems: int, bias: bool) -> None:
+def assert_counts(
+    measured: float, kernel: int, out_elems: int, bias: bool, partial_adds: int = 0
+) -> None:
     expected = kernel + (out_elems if bias else 0) + out_elems  # + bias adds + select
+    expected += partial_adds * out_elems  # the partial sums of a "partials" step
     assert expected <= measured <= expected + SCALAR_OPS, (measured, expected)
 
 
@@ -58,7 +65,9 @@ def test_dense_conv_step_matches_analytic(bias):
     layer = Conv3d(c_in, c_out, k, bias=bias)
     h_out, w_out = h - k + 1, w - k + 1
     kernel = 2 * k * k * k * c_in * c_out * h_out * w_out
-    assert_counts(step_flops(layer, (h, w, c_in)), kernel, h_out * w_out * c_out, bias)
+    assert layer.step_path == "partials"
+    out = h_out * w_out * c_out
+    assert_counts(step_flops(layer, (h, w, c_in)), kernel, out, bias, partial_adds=k - 1)
 
 
 def test_padded_dense_conv_counts_in_bounds_taps():
@@ -66,7 +75,8 @@ def test_padded_dense_conv_counts_in_bounds_taps():
     layer = Conv3d(c_in, c_out, 3, padding=(0, 1, 1))
     taps = in_bounds_taps(h, 3, 1) * in_bounds_taps(w, 3, 1)  # < 9 · h · w
     kernel = 2 * 3 * taps * c_in * c_out
-    assert_counts(step_flops(layer, (h, w, c_in)), kernel, h * w * c_out, bias=True)
+    flops = step_flops(layer, (h, w, c_in))
+    assert_counts(flops, kernel, h * w * c_out, bias=True, partial_adds=2)
     naive = 2 * 27 * c_in * c_out * h * w
     assert step_flops(layer, (h, w, c_in)) < naive
 
@@ -111,8 +121,10 @@ def test_clip_flops_is_t_out_times_step(layer, frame):
     step = co.flops(layer, params, spec(*frame))
     clip = co.clip_flops(layer, params, spec(T, *frame))
     out_elems = layer.output_spec(params, spec(*frame)).size
-    # The step also pays its select and counter; the clip does not.
-    kernel_only = step - out_elems
+    # The step also pays its select and counter (and a "partials" step its partial
+    # sums' adds); the clip does not.
+    partial_adds = layer.kernel_size[0] - 1 if layer.step_path == "partials" else 0
+    kernel_only = step - out_elems * (1 + partial_adds)
     assert t_out * (kernel_only - SCALAR_OPS) <= clip <= t_out * kernel_only
 
 

@@ -104,7 +104,8 @@ def test_a_state_of_another_kernel_size_is_rejected():
     frame = jnp.ones((6, 6, 2))
     message = (
         r"Conv3d: the state does not belong to this layer: expected a state like "
-        r"WindowState\(frames='float32\[2, 6, 6, 2\]'.* got WindowState\(frames='float32\[4, 6, 6, 2\]'"
+        r"PartialSums\(sums=\('float32\[4, 4, 3\]', 'float32\[4, 4, 3\]'\).* "
+        r"got PartialSums\(sums=\('float32\[2, 2, 3\]', 'float32\[2, 2, 3\]', "
     )
     with pytest.raises(ValueError, match=message):
         layer.step(params, other, frame)
@@ -132,7 +133,7 @@ def test_a_state_of_another_layer_or_frame_is_rejected():
     _, state = state_for(conv, (5, 2))
     with pytest.raises(
         ValueError,
-        match=r"Conv2d: state leaf \.frames is float32\[2, 5, 2\].*frame float32\[6, 2\]",
+        match=r"Conv2d: state leaf \.sums\[0\] is float32\[5, 3\].*frame float32\[6, 2\]",
     ):
         conv.step(params, state, jnp.ones((6, 2)))  # a frame of another spatial size
     with pytest.raises(ValueError, match="Conv2d: expected a frame with 2 dimensions"):

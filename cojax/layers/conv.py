@@ -5,12 +5,22 @@ clip `(T, *spatial, C_in)`, frame `(*spatial, C_in)`; `Conv1d` frames are `(C,)`
 `Conv2d` frames `(W, C)`, `Conv3d` frames `(H, W, C)`. Beyond the reference: temporal
 dilation (receptive field `d_t * (k_t - 1) + 1`, every `d_t`-th frame of the window).
 
-The state is a ring of the last `receptive_field - 1` input frames (`WindowState`,
-stored spatially padded). A step appends the new frame and runs one *window kernel*
-`(k_t frames) -> output frame`. The clip `forward` takes the k_t strided temporal views
-of the padded clip and runs the SAME kernel batched over all T_out windows, so the clip
-path costs per output what a step costs. The kernel is chosen per configuration
-(measurements: experiments/bench_conv_kernels.py, tabled in experiments/README.md):
+Two step formulations (`step_path`):
+
+- "window": the state is a ring of the last `receptive_field - 1` input frames
+  (`WindowState`, stored spatially padded). A step appends the new frame and runs one
+  *window kernel* `(k_t frames) -> output frame`.
+- "partials" (dense kernels, groups 1, temporal stride 1, zero temporal fill): the state
+  holds the partial sums of the next `receptive_field - 1` outputs (`PartialSums`). A
+  step convolves only the new frame with all k_t temporal taps at once
+  (`C_in -> k_t * C_out`, one spatial conv) and adds each tap's share to the output it
+  belongs to. No window is copied or folded per step; at 64 streams of the anchor layer
+  this runs at the speed of the bare convolution (experiments/xla_conv_wall.py).
+
+The clip `forward` takes the k_t strided temporal views of the padded clip and runs the
+window kernel batched over all T_out windows, so the clip path costs per output what a
+step costs. The kernel is chosen per configuration (measurements:
+experiments/bench_conv_kernels.py, tabled in experiments/README.md):
 
 - "depthwise" (groups == in_channels > 1): shifted slices x per-channel weights, summed;
   XLA fuses it into one loop (lax.conv with feature_group_count=C is ~100x slower on CPU).
@@ -26,7 +36,7 @@ import dataclasses
 import itertools
 import math
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -45,6 +55,7 @@ from cojax.core import (
     check_config,
     empty_outputs,
     field_alias,
+    new_counter,
     scan_fill,
     validate_fields,
     zero_invalid,
@@ -61,9 +72,23 @@ from cojax.layers.window import (
 
 PADDING_MODES = ("zeros", "replicate")
 KERNEL_PATHS = ("depthwise", "pointwise", "dense")
+STEP_PATHS = ("window", "partials")
 _FRAME_LAYOUTS = {0: "(C,)", 1: "(W, C)", 2: "(H, W, C)"}
 _SPATIAL_LETTERS = "DHW"
 _MAX_SPLIT_GROUPS = 16  # dense groups up to this run as separate convs
+
+
+class PartialSums(NamedTuple):
+    """State of a "partials" step: what the frames seen so far add to coming outputs.
+
+    `sums[i]` is the partial sum (no bias) of the output whose window ends `i` frames
+    after the next input frame, `i = 0 .. receptive_field - 2`. Separate arrays, not one stack: a
+    stacked state under `vmap` costs XLA a relayout copy per step (measured 1.6x slower
+    at 64 streams of the anchor layer).
+    """
+
+    sums: tuple[Array, ...]  # receptive_field - 1 arrays (*spatial_out, C_out)
+    count: Array  # int32 scalar or `Schedule`, see `cojax.core.advance_counter`
 
 
 @dataclasses.dataclass(frozen=True, init=False)
@@ -196,6 +221,25 @@ class _ConvNd(Layer):
             return "pointwise"
         return "dense"
 
+    @property
+    def step_path(self) -> str:
+        """How `step` computes float32 frames: "partials" or "window" (module docstring).
+
+        Partial sums need a linear start (zero temporal fill), one output per input
+        frame (temporal stride 1) and one conv (groups 1); they pay off where the
+        window kernel is a spatial conv whose per-step window fold costs a copy.
+        16-bit frames always take the window path: states keep the input dtype
+        (docs/api.md, "Dtypes"), and 16-bit partial sums would round at every step.
+        """
+        partials = (
+            self.kernel_path == "dense"
+            and self.groups == 1
+            and self.stride == 1
+            and self.temporal_fill == "zeros"
+            and self.receptive_field > 1
+        )
+        return "partials" if partials else "window"
+
     # --- parameters and state ----------------------------------------------------
     def init(self, key: Array) -> Params:
         """torch's default: uniform(+-1/sqrt(fan_in)) for kernel and bias."""
@@ -228,11 +272,20 @@ class _ConvNd(Layer):
     def _spatial_out(self, spatial: Sequence[int]) -> tuple[int, ...]:
         return self._out_size([n + 2 * p for n, p in zip(spatial, self.padding_nd[1:])])
 
-    def init_state(self, params: Params, frame) -> WindowState:
-        """A ring of the last `receptive_field - 1` frames, stored spatially padded."""
-        return init_window(
-            self.receptive_field - 1, self._padded_spec(frame), schedule=(self.delay, self.stride)
-        )
+    def init_state(self, params: Params, frame) -> WindowState | PartialSums:
+        """ "window": a ring of the last `receptive_field - 1` frames, stored spatially
+        padded; "partials": zero partial sums of the next `receptive_field - 1` outputs."""
+        schedule = (self.delay, self.stride)
+        if self._uses_partials(as_spec(frame).dtype):
+            padded = self._padded_spec(frame)
+            out = jax.eval_shape(
+                lambda x: self._conv(x[None], self._partials_kernel(params, x.dtype), 1)[0],
+                padded,
+            )
+            shape = (*out.shape[:-1], self.out_channels)
+            sums = tuple(jnp.zeros(shape, out.dtype) for _ in range(self.receptive_field - 1))
+            return PartialSums(sums, new_counter(*schedule))
+        return init_window(self.receptive_field - 1, self._padded_spec(frame), schedule=schedule)
 
     def _padded_spec(self, frame) -> jax.ShapeDtypeStruct:
         return jax.eval_shape(lambda x: self._pad_spatial(x[None])[0], as_spec(frame))
@@ -251,7 +304,9 @@ class _ConvNd(Layer):
         taps = [clip[j * d : j * d + (t_out - 1) * s + 1 : s] for j in range(k)]
         return self._kernel(params, taps)
 
-    def step(self, params: Params, state: WindowState, frame: Array):
+    def step(self, params: Params, state: WindowState | PartialSums, frame: Array):
+        if isinstance(state, PartialSums):
+            return self._partials_step(params, state, frame)
         # The ring holds padded frames: each frame is padded once, and the kernel reads
         # the ring in place (2x faster at 64 streams than padding the window each step).
         window, frames = push_window(state, self._pad_spatial(frame[None])[0], self.temporal_fill)
@@ -261,10 +316,13 @@ class _ConvNd(Layer):
         valid, count = advance_counter(state.count, self.delay, self.stride)
         return WindowState(frames=frames, count=count), (zero_unless(valid, y), valid)
 
-    def step_block_masked(self, params: Params, state: WindowState, frames: Array, valid_in):
+    def step_block_masked(self, params: Params, state, frames: Array, valid_in):
         """k frames as one clip computation: the buffered window and the block's real
         frames, convolved at temporal stride 1 (k outputs, the strided ones masked),
-        with the kernel a step uses, batched over the k windows."""
+        with the kernel a step uses, batched over the k windows ("partials": the k
+        frames' taps in one conv, summed into the k outputs and the next partial sums)."""
+        if isinstance(state, PartialSums):
+            return self._partials_block(params, state, frames, valid_in)
         k, d = frames.shape[0], self.dilation_nd[0]
         xs = self._pad_spatial(frames)
         seq, buffer, rank = push_window_block(state, xs, valid_in, self.temporal_fill)
@@ -272,7 +330,62 @@ class _ConvNd(Layer):
         valid, count = advance_counter_block(state.count, self.delay, self.stride, valid_in)
         return WindowState(frames=buffer, count=count), (zero_invalid(ys[rank], valid), valid)
 
-    def flush(self, params: Params, state: WindowState, frame):
+    # --- the "partials" step ------------------------------------------------------
+    def _uses_partials(self, dtype) -> bool:
+        return self.step_path == "partials" and accumulation_dtype(dtype) is None
+
+    def _partials_kernel(self, params: Params, dtype) -> Array:
+        """`(k_t, *ks, C_in, C_out)` -> `(*ks, C_in, k_t * C_out)`, NEWEST tap first:
+        channel block b is the new frame's share of the output that ends b·d_t frames on."""
+        kernel = params["kernel"].astype(dtype)[::-1]
+        return jnp.moveaxis(kernel, 0, -2).reshape(*kernel.shape[1:-1], -1)
+
+    def _taps_of_frames(self, params: Params, frames: Array) -> list[Array]:
+        """Padded frames `(B, *spatial, C_in)` -> the k_t blocks `(B, *spatial_out, C_out)`."""
+        z = self._conv(self._pad_spatial(frames), self._partials_kernel(params, frames.dtype), 1)
+        c = self.out_channels
+        return [z[..., b * c : (b + 1) * c] for b in range(self.kernel_size[0])]
+
+    def _finish(self, params: Params, y: Array, dtype) -> Array:
+        if self.bias:
+            y = y + params["bias"].astype(y.dtype)
+        return y.astype(dtype)
+
+    def _partials_step(self, params: Params, state: PartialSums, frame: Array):
+        # Output ending m frames on (m = 0 .. R-1) gets the sum so far plus, when m is a
+        # multiple of d_t, tap k_t-1-m/d_t of the new frame. m = 0 is complete: emit it.
+        n, d = self.receptive_field - 1, self.dilation_nd[0]
+        sums = list(state.sums)
+        for b, block in enumerate(self._taps_of_frames(params, frame[None])):
+            if b * d < n:
+                sums[b * d] = sums[b * d] + block[0]
+            else:  # the oldest tap starts the output that ends R-1 frames on
+                sums.append(block[0])
+        y = self._finish(params, sums[0], frame.dtype)
+        valid, count = advance_counter(state.count, self.delay, self.stride)
+        return PartialSums(tuple(sums[1:]), count), (zero_unless(valid, y), valid)
+
+    def _partials_block(self, params: Params, state: PartialSums, frames: Array, valid_in):
+        # The real frames first (in order), the others' taps zeroed. total[u] is the
+        # output ending at the block's u-th real frame (u >= block length: later ones).
+        k, n = frames.shape[0], self.receptive_field - 1
+        order = jnp.argsort(jnp.logical_not(valid_in), stable=True)
+        real = jnp.sum(valid_in.astype(jnp.int32))
+        keep = (jnp.arange(k) < real).reshape(-1, *[1] * (frames.ndim - 1))
+        total = jnp.stack(state.sums)
+        total = jnp.pad(total, [(0, k)] + [(0, 0)] * (total.ndim - 1))
+        for b, block in enumerate(self._taps_of_frames(params, frames[order])):
+            shift = b * self.dilation_nd[0]
+            block = jnp.where(keep, block, 0).astype(total.dtype)
+            pads = [(shift, n - shift)] + [(0, 0)] * (block.ndim - 1)
+            total = total + jnp.pad(block, pads)
+        sums = tuple(lax.dynamic_slice_in_dim(total, real, n, axis=0))
+        rank = jnp.clip(jnp.cumsum(valid_in.astype(jnp.int32)) - 1, 0, k - 1)
+        ys = self._finish(params, total[:k][rank], frames.dtype)
+        valid, count = advance_counter_block(state.count, self.delay, self.stride, valid_in)
+        return PartialSums(sums, count), (zero_invalid(ys, valid), valid)
+
+    def flush(self, params: Params, state, frame):
         if self.padding == 0:
             return empty_outputs(self, params, state, frame)
         fill = end_fill_frame(state, self._padded_spec(frame), self.temporal_fill)
