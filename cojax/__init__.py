@@ -5,6 +5,7 @@ Every layer keeps one contract (see `cojax.core`): `init`, `forward` on a clip,
 `padding`. `cojax.testing.verify_contract` checks it for any layer.
 """
 
+from cojax.compiler import compiler_options
 from cojax.containers import (
     Broadcast,
     BroadcastReduce,

@@ -24,6 +24,7 @@ a stream's outputs equal those of the same frames fed alone through `layer.step`
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Hashable, Mapping
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cojax.compiler import compiler_options
 from cojax.core import Layer, Params, PyTree, State, as_int, as_spec, layer_name, select_tree
 from cojax.streams import replicate, shard_streams
 
@@ -47,7 +49,8 @@ class StreamPool:
     for layers that take one). `mesh`: a `jax.sharding.Mesh` with a "streams" axis
     (`co.streams_mesh()`): the slots are split over its devices, params replicated
     (capacity a multiple of the axis size). `traces` counts compilations of the tick
-    (1 after the first `push`, +1 per `grow`).
+    (1 after the first `push`, +1 per `grow`). `compiler_options`: what the tick is
+    compiled with, `co.compiler_options` of the layer's step (`cojax.compiler`).
     """
 
     def __init__(
@@ -63,8 +66,13 @@ class StreamPool:
         self._free = list(range(self._capacity))
         self._reset = np.zeros(self._capacity, bool)
         self.traces = 0
-        self._tick = jax.jit(self._tick_fn, donate_argnums=(1,))
-        self._block_tick = jax.jit(self._block_tick_fn, donate_argnums=(1,))
+        # XLA:CPU options for the layer's convolutions (`cojax.compiler`), from one step.
+        self.compiler_options = compiler_options(layer.step, params, self._fresh, self.frame_spec)
+        jit = functools.partial(
+            jax.jit, donate_argnums=(1,), compiler_options=self.compiler_options
+        )
+        self._tick = jit(self._tick_fn)
+        self._block_tick = jit(self._block_tick_fn)
 
     # ------------------------------------------------------------------ introspection
 

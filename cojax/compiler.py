@@ -1,0 +1,83 @@
+"""XLA:CPU compile options for a program, chosen from the convolutions it runs.
+
+`jax.jit(fn, compiler_options=co.compiler_options(fn, *args))`. XLA:CPU (jaxlib 0.10)
+hands every float32 2D convolution to YNNPACK by default; for the shapes continual
+networks run it is usually the slower of XLA's two convolution libraries. Measured on
+2 cores (`python experiments/bench_conv_kernels.py`, "YNNPACK vs Eigen" table in
+experiments/README.md): Eigen's convolution is 1.1-1.8x faster for 16 to 256 input
+channels at 1 to 64 streams (the anchor network's step 1.6x at 64 streams), YNNPACK
+2x faster on a 3-channel RGB stem (160x160, stride 2) at one stream.
+
+`compiler_options` traces `fn`, weighs the program's 2D convolutions by their FLOPs,
+and routes them to Eigen (every other YNNPACK offload stays on) when the convolutions
+with at least `MIN_EIGEN_CHANNELS` input channels per group carry at least half of
+them. It returns `{}` (XLA's defaults) for programs without such convolutions, on
+other backends, and when the user's `XLA_FLAGS` set the YNNPACK option themselves.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import jax.extend
+import jax.numpy as jnp
+
+YNN_OPTION = "xla_cpu_experimental_ynn_fusion_type"
+# XLA:CPU's default YNNPACK offloads (jaxlib 0.10.2) without INDIVIDUAL_CONVOLUTION:
+# the same programs as XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=-individual_convolution
+# (tests/test_compiler.py compares the two, so a jaxlib with other defaults fails there).
+EIGEN_CONVOLUTIONS = {
+    YNN_OPTION: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE",
+}
+MIN_EIGEN_CHANNELS = 16  # measured: 16 and more faster on Eigen, 3 (RGB) on YNNPACK
+
+
+def compiler_options(
+    fn: Callable, *args: Any, backend: str | None = None, **kwargs: Any
+) -> dict[str, str]:
+    """`compiler_options` for `jax.jit(fn, ...)` called on `args` (arrays or
+    ShapeDtypeStructs): `EIGEN_CONVOLUTIONS` or `{}`, see the module docstring.
+
+    `backend` defaults to `jax.default_backend()`; only "cpu" gets options.
+    """
+    if (backend or jax.default_backend()) != "cpu":
+        return {}
+    if YNN_OPTION in os.environ.get("XLA_FLAGS", ""):
+        return {}  # the user chose; per-program options would override them
+    closed = jax.make_jaxpr(fn)(*args, **kwargs)
+    eigen = ynn = 0.0
+    for eqn in _convolutions(closed.jaxpr):
+        channels, flops = _conv_channels_and_flops(eqn)
+        if channels is None:
+            continue
+        if channels >= MIN_EIGEN_CHANNELS:
+            eigen += flops
+        else:
+            ynn += flops
+    return dict(EIGEN_CONVOLUTIONS) if eigen > 0 and eigen >= ynn else {}
+
+
+def _convolutions(jaxpr) -> Iterator[Any]:
+    """Every `conv_general_dilated` equation, nested jaxprs (jit, scan, vmap) included."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "conv_general_dilated":
+            yield eqn
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            yield from _convolutions(sub)
+
+
+def _conv_channels_and_flops(eqn) -> tuple[int | None, float]:
+    """(input channels per group, FLOPs) of a float 2D convolution YNNPACK would take,
+    (None, 0) for any other (3D convs and 16-bit ones never go to YNNPACK)."""
+    lhs, rhs = (v.aval for v in eqn.invars[:2])
+    out = eqn.outvars[0].aval
+    lhs_spec, rhs_spec, _ = eqn.params["dimension_numbers"]
+    if len(lhs_spec) != 4 or lhs.dtype not in (jnp.float32, jnp.float64):
+        return None, 0.0
+    channels = lhs.shape[lhs_spec[1]] // eqn.params["feature_group_count"]
+    taps = math.prod(rhs.shape[d] for d in rhs_spec[2:]) * rhs.shape[rhs_spec[1]]
+    return channels, 2.0 * math.prod(out.shape) * taps
