@@ -5,7 +5,7 @@ Every layer keeps one contract (see `cojax.core`): `init`, `forward` on a clip,
 `padding`. `cojax.testing.verify_contract` checks it for any layer.
 """
 
-from cojax.compiler import compiler_options
+from cojax.compiler import compiler_options, donated_leaves, donating_jit
 from cojax.containers import (
     Broadcast,
     BroadcastReduce,

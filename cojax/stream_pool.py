@@ -8,7 +8,8 @@ once and returns `{id: (y, valid)}` for the streams that sent a frame (`valid`: 
 *ready* flag, False during a stream's warm-up), `close(id)` frees the slot (the
 stream's *end*). Streams without a frame in a tick are masked: their state is kept as
 it is. The compiled tick depends only on the capacity, so any mix of arrivals runs
-without retracing; the state buffer is donated to it (updated in place). `grow(n)`
+without retracing; the state buffers are donated to it (updated in place, see
+`co.donating_jit`). `grow(n)`
 enlarges the pool once (one new compilation), carrying every open stream's state.
 `push_block({id: frames (n, ...)}, k)` is a tick of up to k frames per stream
 (`layer.step_block`), equal to n `push` ticks for each stream.
@@ -33,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cojax.compiler import compiler_options
+from cojax.compiler import compiler_options, donating_jit
 from cojax.core import Layer, Params, PyTree, State, as_int, as_spec, layer_name, select_tree
 from cojax.streams import replicate, shard_streams
 
@@ -68,8 +69,9 @@ class StreamPool:
         self.traces = 0
         # XLA:CPU options for the layer's convolutions (`cojax.compiler`), from one step.
         self.compiler_options = compiler_options(layer.step, params, self._fresh, self.frame_spec)
+        # The state is donated leaf by leaf (`co.donating_jit`: not a conv's partial sums).
         jit = functools.partial(
-            jax.jit, donate_argnums=(1,), compiler_options=self.compiler_options
+            donating_jit, state_argnum=1, compiler_options=self.compiler_options
         )
         self._tick = jit(self._tick_fn)
         self._block_tick = jit(self._block_tick_fn)

@@ -137,3 +137,45 @@ def test_stream_pools_compile_with_them(channels, expected):
     pool.open("a")
     out = pool.push({"a": jnp.ones(frame.shape)})
     assert out["a"][0].shape == (12, 12, 8)
+
+
+def _two_conv_streams():
+    layer = co.Sequential(co.Conv2d(4, 4, 3, padding=(0, 1)), co.Delay(2), co.Conv2d(4, 2, 3))
+    params = layer.init(jax.random.PRNGKey(2))
+    spec = jax.ShapeDtypeStruct((9, 4), jnp.float32)
+    return layer, params, co.init_streams(layer, params, spec, 3)
+
+
+def test_donated_leaves_are_all_but_partial_sums():
+    layer, _, states = _two_conv_streams()
+    marks = co.donated_leaves(states)
+    assert jax.tree_util.tree_structure(marks) == jax.tree_util.tree_structure(states)
+    kept = [
+        path
+        for path, d in jax.tree_util.tree_leaves_with_path(marks)
+        if not d  # the two convs' sums: 2 each
+    ]
+    assert len(kept) == 4 and all(".sums" in jax.tree_util.keystr(p) for p in kept)
+    assert sum(jax.tree_util.tree_leaves(marks)) == len(jax.tree_util.tree_leaves(states)) - 4
+
+
+def test_donating_jit_steps_like_jit_and_donates_the_rest():
+    layer, params, states = _two_conv_streams()
+    step = lambda p, s, x: co.step_streams(layer, p, s, x)  # noqa: E731
+    frames = jax.random.normal(jax.random.PRNGKey(3), (9, 3, 9, 4))
+    plain, donating = jax.jit(step), co.donating_jit(step)
+    compiled = donating.compile(params, states, frames[0])
+    assert compiled.cost_analysis() and "ENTRY" in compiled.as_text()
+    copy = lambda tree: jax.tree_util.tree_map(jnp.copy, tree)  # noqa: E731
+    s_plain, s_don, s_comp = states, copy(states), copy(states)
+    for x in frames:
+        leaves = jax.tree_util.tree_leaves(s_don)
+        marks = jax.tree_util.tree_leaves(co.donated_leaves(s_don))
+        s_plain, (y_plain, v_plain) = plain(params, s_plain, x)
+        s_don, (y_don, v_don) = donating(params, s_don, x)
+        s_comp, (y_comp, _) = compiled(params, s_comp, x)
+        np.testing.assert_array_equal(y_plain, y_don)
+        np.testing.assert_array_equal(y_plain, y_comp)
+        np.testing.assert_array_equal(v_plain, v_don)
+        assert all(leaf.is_deleted() == d for leaf, d in zip(leaves, marks))
+    assert np.abs(np.asarray(y_plain)).max() > 0.1

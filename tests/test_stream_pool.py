@@ -137,9 +137,38 @@ def test_the_state_is_donated_to_the_tick():
     pool = co.StreamPool(layer, params, 2, jnp.zeros(FRAME))
     pool.open(7)
     pool.push({7: np.ones(FRAME, np.float32)})  # compiles
-    old = [leaf for leaf in jax.tree_util.tree_leaves(pool.states) if leaf.size > 1]
+    leaves = jax.tree_util.tree_leaves(pool.states)
+    marks = jax.tree_util.tree_leaves(co.donated_leaves(pool.states))
+    old = [leaf for leaf, d in zip(leaves, marks) if d and leaf.size > 1]
+    sums = [leaf for leaf, d in zip(leaves, marks) if not d]
     pool.push({7: np.ones(FRAME, np.float32)})
     assert old and all(leaf.is_deleted() for leaf in old)
+    assert not any(leaf.is_deleted() for leaf in sums)
+
+
+def test_partial_sums_are_kept_out_of_the_donation():
+    """A dense spatial conv steps by partial sums: the pool donates its counter, not
+    its sums (co.donating_jit), and still equals each stream alone."""
+    layer = co.Sequential(co.Conv2d(3, 4, 3, padding=(0, 1)), co.ReLU(), co.Conv2d(4, 2, 3))
+    params = layer.init(jax.random.PRNGKey(5))
+    frame = np.zeros((6, 3), np.float32)
+    pool = co.StreamPool(layer, params, 2, frame)
+    pool.open("a")
+    frames = np.random.default_rng(5).standard_normal((7, 6, 3)).astype(np.float32)
+    pool.push({"a": frames[0]})
+    leaves = jax.tree_util.tree_leaves(pool.states)
+    marks = jax.tree_util.tree_leaves(co.donated_leaves(pool.states))
+    outs = [pool.push({"a": f})["a"] for f in frames[1:]]
+    assert [d for d in marks].count(False) == 4  # 2 sums per conv
+    assert all(leaf.is_deleted() == d for leaf, d in zip(leaves, marks))
+    state, want = layer.init_state(params, frame), []
+    for f in frames:
+        state, (y, v) = layer.step(params, state, jnp.asarray(f))
+        want.append((np.asarray(y), bool(v)))
+    for (y, v), (y_want, v_want) in zip(outs, want[1:]):
+        assert v == v_want
+        np.testing.assert_allclose(y, y_want, rtol=1e-6, atol=1e-6)
+    assert any(v for _, v in outs)
 
 
 def test_blocks_of_ragged_lengths_equal_each_stream_alone():
