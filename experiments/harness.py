@@ -4,6 +4,7 @@ Every benchmark script imports what it needs from here (run them from the reposi
 root as `python experiments/<script>.py`, or as modules: `python -m experiments.bench`):
 
 - `timeit(fn, *args)`: (median, min) ms after one warm-up call, repeated for a budget;
+  `interleaved({name: call})`: several calls timed in turn, for steadier ratios;
 - `matmul_gflops(n, budget, framework)`: the f32 matmul ceiling of XLA or torch,
   measured in the same run, for "% of peak" columns;
 - `environment(**extra)`: versions, cores, threads, load average (start and end);
@@ -11,7 +12,8 @@ root as `python experiments/<script>.py`, or as modules: `python -m experiments.
   fresh process (torch's threads never share the cores with XLA's thread pool), and
   `torch_report(rows)` for that process to print;
 - `compiled(fn, *args, donate=...)`, `donated_calls(...)`: jitted executables with the
-  stream state donated (updated in place), as a deployment runs them;
+  stream state donated (updated in place) and `co.compiler_options`, as a deployment
+  (`co.StreamPool`) runs them;
 - `write_json(name, data)`, `save_figure(fig, name)`, `markdown_table(header, rows)`.
 
 Tests never import `experiments/` (tests/test_docs.py checks it); what a test needs lives
@@ -33,6 +35,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+import cojax as co
 
 RESULTS = Path(__file__).resolve().parent / "results"
 _STARTED = time.perf_counter()
@@ -63,6 +67,23 @@ def timeit(
         sync(fn(*args))
         times.append(1e3 * (time.perf_counter() - t0))
     return float(np.median(times)), float(np.min(times))
+
+
+def interleaved(calls: dict[str, Callable], budget_s: float = 10.0, min_repeats: int = 5):
+    """{name: (median, min) ms} of zero-argument `calls`, run in turn one call each
+    (after two warm-up rounds) for `budget_s` seconds: the machine's drift hits every
+    call alike, so their ratios are steadier than separate `timeit`s."""
+    for _ in range(2):
+        for fn in calls.values():
+            jax.block_until_ready(fn())
+    times = {name: [] for name in calls}
+    start = time.perf_counter()
+    while time.perf_counter() - start < budget_s or len(times[next(iter(calls))]) < min_repeats:
+        for name, fn in calls.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn())
+            times[name].append(1e3 * (time.perf_counter() - t0))
+    return {k: (float(np.median(v)), float(np.min(v))) for k, v in times.items()}
 
 
 def torch_timeit(fn: Callable, *args: Any, **kwargs: Any) -> tuple[float, float]:
@@ -115,11 +136,20 @@ def run_torch_process(
     return report, outputs
 
 
-def compiled(fn: Callable, *args: Any, donate: bool = False) -> tuple[Any, float]:
+def compiled(
+    fn: Callable, *args: Any, donate: bool = False, options: bool = True
+) -> tuple[Any, float]:
     """(executable of `jax.jit(fn)` for `args`, seconds to lower and compile);
-    `donate=True` donates argument 1 (the state)."""
+    `donate=True` donates argument 1 (the state) leaf by leaf (`co.donating_jit`). It
+    compiles with `co.compiler_options(fn, *args)` (Eigen convolutions on XLA:CPU where
+    they are the faster library), as a deployment through `co.StreamPool` runs;
+    `options=False`: XLA's defaults."""
     t0 = time.perf_counter()
-    exe = jax.jit(fn, donate_argnums=(1,) if donate else ()).lower(*args).compile()
+    opts = co.compiler_options(fn, *args) if options else {}
+    if donate:  # leaf by leaf, as co.StreamPool does (not a conv's partial sums)
+        exe = co.donating_jit(fn, 1, compiler_options=opts or None).compile(*args)
+    else:
+        exe = jax.jit(fn, compiler_options=opts or None).lower(*args).compile()
     return exe, time.perf_counter() - t0
 
 
@@ -131,9 +161,10 @@ def copy_tree(tree: Any) -> Any:
 def donated_calls(exe: Any, params: Any, state: Any, x: Any) -> tuple[Callable, Callable]:
     """A no-argument call of the donating `exe` that feeds each returned state into the
     next call (the donated input is dead afterwards), and a check that donation
-    happened (the first input's buffers deleted)."""
+    happened (the first input's donated buffers deleted, `co.donated_leaves`)."""
     box = {"state": state}
-    first = jax.tree_util.tree_leaves(state)
+    marks = jax.tree_util.tree_leaves(co.donated_leaves(state))
+    first = [leaf for leaf, d in zip(jax.tree_util.tree_leaves(state), marks) if d]
 
     def call():
         box["state"], out = exe(params, box["state"], x)

@@ -16,7 +16,17 @@ run. Formulations:
 - `3 × conv2d`: one 2D conv per temporal tap, summed;
 - `9 shifted matmuls`, `im2col + matmul`: the convolution as matmuls over taps;
 - `batch folded into rows`: the 64 frames stacked along H (one image, 2D conv);
-- a whole step that keeps its window folded into channels (append + conv2d).
+- a whole step that keeps its window folded into channels (append + conv2d);
+- each of them twice: with XLA:CPU's default convolution library (YNNPACK) and with
+  Eigen's (`co.compiler_options`' per-program option);
+- the `co.Conv3d` step four ways: its partial-sums step under both libraries (state
+  donated leaf by leaf, `co.donating_jit`), the same with the whole state donated (XLA
+  then copies every partial sum in and out: the `xla_copies` column), and the former
+  window step (ring + fold into channels + conv2d) under Eigen.
+
+A second table, "YNNPACK vs Eigen", times one 3×3 conv of the shapes continual
+networks run (1 to 64 streams, 3 to 256 input channels) under both libraries: the
+measurements behind `co.compiler_options`' rule.
 
 The ratio `co.Conv3d step / best bare formulation` is the "everything around the
 convolution" cost; `best XLA formulation / torch conv` and `/ matmul peak` show the
@@ -43,6 +53,7 @@ from harness import (  # noqa: E402
     copy_tree,
     donated_calls,
     environment,
+    interleaved,
     markdown_table,
     matmul_gflops,
     run_torch_process,
@@ -102,7 +113,99 @@ def formulations(kernel):
     }  # fmt: skip
 
 
-def folded_buffer_row(kernel, frame, budget: float) -> dict:
+EIGEN = co.compiler.EIGEN_CONVOLUTIONS
+LIBRARIES = {"": None, ", Eigen conv": EIGEN}  # row suffix -> compiler_options
+# (streams, H = W, C_in, C_out, spatial stride): the anchor's partial and folded convs,
+# an X3D RGB stem, and dense convs of wider / narrower networks.
+SWEEP = [(1, 28, 32, 96, 1), (64, 28, 32, 96, 1), (1, 28, 96, 32, 1), (64, 28, 96, 32, 1),
+         (1, 160, 3, 24, 2), (13, 160, 3, 24, 2), (64, 160, 3, 24, 2), (1, 56, 16, 48, 1),
+         (64, 56, 16, 48, 1), (1, 56, 64, 192, 1), (16, 56, 64, 192, 1), (1, 14, 256, 768, 1),
+         (16, 14, 256, 768, 1), (1, 112, 24, 72, 1)]  # fmt: skip
+
+
+class WindowConv3d(co.Conv3d):
+    """`co.Conv3d` held to its window step (ring + fold + conv2d): the former path."""
+
+    @property
+    def step_path(self) -> str:
+        return "window"
+
+
+def library_sweep(budget: float) -> list[dict]:
+    """One 3×3 conv per SWEEP shape, YNNPACK (default) and Eigen, timed in turn."""
+    rows, rng = [], np.random.default_rng(1)
+    for streams, size, c_in, c_out, stride in SWEEP:
+        x = jnp.asarray(rng.standard_normal((streams, size, size, c_in)), jnp.float32)
+        w = jnp.asarray(rng.standard_normal((3, 3, c_in, c_out)), jnp.float32)
+
+        def conv(x, w, stride=stride):
+            return lax.conv_general_dilated(
+                x, w, (stride, stride), [(1, 1), (1, 1)], dimension_numbers=DN2
+            )
+
+        row = {"streams": streams, "size": size, "c_in": c_in, "c_out": c_out,
+               "stride": stride}  # fmt: skip
+        for name, opts in (("ynnpack", None), ("eigen", EIGEN)):
+            ms, best = timeit(jax.jit(conv, compiler_options=opts), x, w, budget_s=budget / 2)
+            row[f"{name}_ms"], row[f"{name}_best_ms"] = ms, best
+        row["ynnpack_over_eigen"] = row["ynnpack_ms"] / row["eigen_ms"]
+        rows.append(row)
+        print(f"  {row}", flush=True)
+    return rows
+
+
+def layer_step_rows(frame, budget: float) -> tuple[list[dict], dict]:
+    """`co.Conv3d`'s step at `frame.shape[0]` streams (vmapped, state donated leaf by
+    leaf as `co.StreamPool` does, or whole): rows and the calls (for `interleaved`)."""
+    rows, calls, s = [], {}, frame.shape[0]
+    spec = jax.ShapeDtypeStruct((H, H, C), jnp.float32)
+    cases = [("co.Conv3d step (partial sums)", co.Conv3d, False, True),
+             ("co.Conv3d step (partial sums), Eigen conv", co.Conv3d, True, True),
+             ("co.Conv3d step (partial sums), Eigen conv, whole state donated", co.Conv3d,
+              True, False),
+             ("co.Conv3d window step (the former path), Eigen conv", WindowConv3d, True,
+              True)]  # fmt: skip
+    for name, cls, eigen, leafwise in cases:
+        layer = cls(C, C, 3, padding=(0, 1, 1), bias=False)
+        params = layer.init(jax.random.PRNGKey(0))  # timing only: its own random kernel
+        states = co.init_streams(layer, params, spec, s)
+        fn = functools.partial(co.step_streams, layer)
+        if leafwise:  # co.donating_jit: the partial sums are not donated
+            exe, _ = compiled(fn, params, states, frame, donate=True, options=eigen)
+        else:
+            exe = jax.jit(fn, donate_argnums=1, compiler_options=EIGEN)
+            exe = exe.lower(params, states, frame).compile()
+        entry = exe.as_text().split("ENTRY")[1]
+        call, honoured = donated_calls(exe, params, copy_tree(states), frame)
+        ms, best = timeit(call, budget_s=budget)
+        assert honoured()
+        rows.append({"impl": name, "ms": ms, "best": best, "xla_copies": entry.count(" copy(")})
+        calls[name] = call
+        print(f"  {rows[-1]}", flush=True)
+    return rows, calls
+
+
+def partials_program_call(kernel, frame, opts):
+    """The step's arithmetic with no layer around it: the partials conv (C -> 3C) and
+    the sums' adds and shift, `(s0, s1) -> (s1 + z1, z2)`, y = s0 + z0; fresh outputs."""
+    partial_w = jnp.moveaxis(kernel, 0, 3).reshape(3, 3, C, KT * C)
+
+    def step(sums, frame):
+        z = conv2d(frame, partial_w)
+        s0, s1 = sums
+        return (s1 + z[..., C : 2 * C], z[..., 2 * C :]), s0 + z[..., :C]
+
+    exe = jax.jit(step, compiler_options=opts)
+    box = {"sums": (jnp.zeros_like(frame), jnp.zeros_like(frame))}
+
+    def call():
+        box["sums"], y = exe(box["sums"], frame)
+        return y
+
+    return call
+
+
+def folded_buffer_row(kernel, frame, budget: float, opts=None, suffix: str = "") -> dict:
     """A whole step with the window kept folded, `(S, H, W, (k_t - 1)·C)`: append the
     frame along channels, one conv2d, keep the newest taps (state donated)."""
     folded_w = jnp.moveaxis(kernel, 0, 2).reshape(3, 3, KT * C, C)
@@ -111,7 +214,7 @@ def folded_buffer_row(kernel, frame, budget: float) -> dict:
         window = jnp.concatenate([buffer, frame], -1)
         return window[..., C:], conv2d(window, folded_w)
 
-    exe = jax.jit(step, donate_argnums=0)
+    exe = jax.jit(step, donate_argnums=0, compiler_options=opts)
     box = {"buffer": jnp.zeros((*frame.shape[:-1], (KT - 1) * C), frame.dtype)}
 
     def call():
@@ -120,7 +223,7 @@ def folded_buffer_row(kernel, frame, budget: float) -> dict:
 
     ms, best = timeit(call, budget_s=budget)
     return {
-        "impl": "XLA step with a folded buffer (concat + conv2d, donated)",
+        "impl": f"XLA step with a folded buffer (concat + conv2d, donated){suffix}",
         "ms": ms,
         "best": best,
     }
@@ -177,24 +280,24 @@ def main() -> None:
         "frame": window[:, -1],
     }
     rows = []
-    for name, (fn, which) in formulations(kernel).items():
-        ms, best = timeit(jax.jit(fn), inputs[which], budget_s=args.budget)
-        rows.append({"impl": f"XLA {name}", "ms": ms, "best": best})
-        print(f"  {rows[-1]}", flush=True)
-
-    rows.append(folded_buffer_row(kernel, inputs["frame"], args.budget))
-    layer = co.Conv3d(C, C, 3, padding=(0, 1, 1), bias=False)
-    params = layer.init(jax.random.PRNGKey(0))  # timing only: its own random kernel
-    spec = jax.ShapeDtypeStruct((H, H, C), jnp.float32)
-    states = co.init_streams(layer, params, spec, s)
-    exe, _ = compiled(
-        functools.partial(co.step_streams, layer), params, states, inputs["frame"], donate=True
-    )
-    call, honoured = donated_calls(exe, params, copy_tree(states), inputs["frame"])
-    ms, best = timeit(call, budget_s=args.budget)
-    assert honoured()
-    rows.append({"impl": "co.Conv3d step (vmapped, donated state)", "ms": ms, "best": best})
-    rows += report["rows"]
+    for suffix, opts in LIBRARIES.items():
+        for name, (fn, which) in formulations(kernel).items():
+            exe = jax.jit(fn, compiler_options=opts)
+            ms, best = timeit(exe, inputs[which], budget_s=args.budget)
+            rows.append({"impl": f"XLA {name}{suffix}", "ms": ms, "best": best})
+            print(f"  {rows[-1]}", flush=True)
+        rows.append(folded_buffer_row(kernel, inputs["frame"], args.budget, opts, suffix))
+    step_rows, calls = layer_step_rows(inputs["frame"], args.budget)
+    rows += step_rows + report["rows"]
+    # The ratios of the summary, timed in turn (steadier than the rows' separate runs).
+    forms = formulations(kernel)
+    for name in ("partials conv2d (C -> 3C)", "conv2d on pre-folded taps"):
+        fn, which = forms[name]
+        exe = jax.jit(fn, compiler_options=EIGEN)
+        calls[f"XLA {name}, Eigen conv"] = functools.partial(exe, inputs[which])
+    minimal = "XLA partials conv2d + the sums' adds (no layer), Eigen conv"
+    calls[minimal] = partials_program_call(kernel, inputs["frame"], EIGEN)
+    turns = interleaved(calls, budget_s=6 * args.budget)
     peak = {
         "xla": matmul_gflops(2048, args.budget, "jax"),
         "torch": report["torch_matmul_gflops_per_s"],
@@ -204,25 +307,53 @@ def main() -> None:
         r["percent_of_own_matmul_peak"] = (
             100 * r["gflops_per_s"] / peak["torch" if r["impl"].startswith("torch") else "xla"]
         )
+
+    def turn(impl):  # median ms of the interleaved runs
+        return turns[impl][0]
+
     bare = [r for r in rows if r["impl"].startswith("XLA") and "step" not in r["impl"]]
     best_bare = min(bare, key=lambda r: r["ms"])
-    step = next(r for r in rows if r["impl"].startswith("co.Conv3d"))
+    step = "co.Conv3d step (partial sums), Eigen conv"
     torch_best = min((r for r in rows if r["impl"].startswith("torch")), key=lambda r: r["ms"])
     summary = {
         "best_xla_formulation": best_bare["impl"],
-        "cojax_step_gflops_over_best_bare_xla": step["gflops_per_s"] / best_bare["gflops_per_s"],
+        "interleaved_ms": {k: v[0] for k, v in turns.items()},
+        # GFLOP/s ratios = time ratios (same FLOPs): the step against the conv it runs,
+        # and against the window formulation's conv (3C -> C on pre-folded taps)
+        "cojax_step_gflops_over_its_own_bare_conv":
+            turn("XLA partials conv2d (C -> 3C), Eigen conv") / turn(step),
+        "cojax_step_gflops_over_bare_folded_conv":
+            turn("XLA conv2d on pre-folded taps, Eigen conv") / turn(step),
+        # the adds and shift the partial sums need, with no layer: what XLA makes of them
+        "cojax_step_gflops_over_minimal_partials_program": turn(minimal) / turn(step),
+        "minimal_partials_program_over_its_bare_conv":
+            turn("XLA partials conv2d (C -> 3C), Eigen conv") / turn(minimal),
+        "cojax_step_speedup_over_default_library_step":
+            turn("co.Conv3d step (partial sums)") / turn(step),
+        "cojax_step_speedup_over_window_step":
+            turn("co.Conv3d window step (the former path), Eigen conv") / turn(step),
+        "cojax_step_speedup_over_whole_state_donated":
+            turn("co.Conv3d step (partial sums), Eigen conv, whole state donated") / turn(step),
         "best_xla_over_best_torch_conv": best_bare["gflops_per_s"] / torch_best["gflops_per_s"],
         "best_xla_over_xla_matmul_peak": best_bare["gflops_per_s"] / peak["xla"],
         "best_torch_over_torch_matmul_peak": torch_best["gflops_per_s"] / peak["torch"],
     }  # fmt: skip
+    sweep = library_sweep(args.budget)
+    sweep_table = markdown_table(
+        ["streams", "H = W", "C_in -> C_out", "stride", "YNNPACK ms", "Eigen ms", "YNNPACK / Eigen"],
+        [[r["streams"], r["size"], f"{r['c_in']} -> {r['c_out']}", r["stride"],
+          f"{r['ynnpack_ms']:.3f}", f"{r['eigen_ms']:.3f}", f"{r['ynnpack_over_eigen']:.2f}"]
+         for r in sweep],
+    )  # fmt: skip
     table = markdown_table(
         ["implementation", "ms per call", "GFLOP/s", "% of own matmul peak"],
         [[r["impl"], f"{r['ms']:.2f}", f"{r['gflops_per_s']:.0f}", f"{r['percent_of_own_matmul_peak']:.0f} %"] for r in rows],
     )  # fmt: skip
-    print("\n" + table + "\n" + str(summary))
+    print("\n" + table + "\n\n" + sweep_table + "\n" + str(summary))
     out = {"description": __doc__.split("\n\n")[0], "streams": s, "flops_per_call": flops,
            "matmul_peak_gflops_per_s": peak, "rows": rows, "summary": summary, "table": table,
-           **environment(report)}  # fmt: skip
+           "library_sweep": sweep, "library_sweep_table": sweep_table,
+           "eigen_compiler_options": EIGEN, **environment(report)}  # fmt: skip
     print("wrote", write_json("xla_conv_wall", out))
 
 
