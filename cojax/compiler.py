@@ -3,10 +3,11 @@
 `jax.jit(fn, compiler_options=co.compiler_options(fn, *args))`. XLA:CPU (jaxlib 0.10)
 hands every float32 2D convolution to YNNPACK by default; for the shapes continual
 networks run it is usually the slower of XLA's two convolution libraries. Measured on
-2 cores (`python experiments/bench_conv_kernels.py`, "YNNPACK vs Eigen" table in
-experiments/README.md): Eigen's convolution is 1.1-1.8x faster for 16 to 256 input
-channels at 1 to 64 streams (the anchor network's step 1.6x at 64 streams), YNNPACK
-2x faster on a 3-channel RGB stem (160x160, stride 2) at one stream.
+2 cores (`python experiments/xla_conv_wall.py`, "YNNPACK vs Eigen" table in
+experiments/README.md): Eigen's convolution is 1.2-2.3x faster for 16 to 256 input
+channels at 16 to 64 streams (the anchor network's step 1.6x at 64 streams), 0.64-1.6x
+at one stream. A 3-channel RGB stem (160x160, stride 2) went either way on two
+machines (YNNPACK 2x faster on one, Eigen 4x on the other): stems stay on the default.
 
 `compiler_options` traces `fn`, weighs the program's 2D convolutions by their FLOPs,
 and routes them to Eigen (every other YNNPACK offload stays on) when the convolutions
@@ -18,8 +19,10 @@ other backends, and when the user's `XLA_FLAGS` set the YNNPACK option themselve
 every leaf XLA can update in place (rings of frames, counters), not the partial sums of
 a dense convolution's step (`PartialSums.sums`). Those are rewritten whole each step,
 shifted one slot, and a donated shift makes XLA copy every sum twice (in and out):
-measured at 64 streams, the anchor network's step 1.2x faster with its sums not
-donated (`python experiments/xla_conv_wall.py`, "donation" rows).
+measured at 64 streams, one anchor layer's step 1.09-1.11x and the 10-layer anchor
+network's 1.15-1.23x faster with the sums not donated (`python
+experiments/xla_conv_wall.py`: the "whole state donated" row and
+`anchor_network_donation`; docs/api.md, "Compiling a step").
 """
 
 from __future__ import annotations

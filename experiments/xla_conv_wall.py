@@ -24,6 +24,9 @@ run. Formulations:
   then copies every partial sum in and out: the `xla_copies` column), and the former
   window step (ring + fold into channels + conv2d) under Eigen.
 
+The anchor network's step (10 such layers, `bench_streaming.py`) is timed with its state
+donated leaf by leaf, whole and not at all (`anchor_network_donation`).
+
 A second table, "YNNPACK vs Eigen", times one 3×3 conv of the shapes continual
 networks run (1 to 64 streams, 3 to 256 input channels) under both libraries: the
 measurements behind `co.compiler_options`' rule.
@@ -205,6 +208,40 @@ def partials_program_call(kernel, frame, opts):
     return call
 
 
+def network_donation(streams: int, budget: float) -> dict:
+    """The anchor network's step (10 × Conv3d + BN + ReLU, `bench_streaming.py`) at
+    `streams` streams with its state donated leaf by leaf (`co.donating_jit`), whole
+    (`jax.jit(donate_argnums=1)`) and not at all, timed in turn: ms and XLA copies."""
+    from bench_streaming import CHANNELS, SIZE, cojax_network, numpy_params
+
+    net = cojax_network()
+    params = jax.tree_util.tree_map(jnp.asarray, numpy_params())
+    spec = jax.ShapeDtypeStruct((SIZE, SIZE, CHANNELS), jnp.float32)
+    rng = np.random.default_rng(2)
+    frame = jnp.asarray(rng.standard_normal((streams, SIZE, SIZE, CHANNELS)), jnp.float32)
+    states = co.init_streams(net, params, spec, streams)
+    fn = functools.partial(co.step_streams, net)
+    opts = co.compiler_options(fn, params, states, frame)
+    exes = {
+        "leaf by leaf (co.donating_jit)": compiled(fn, params, states, frame, donate=True)[0],
+        "whole state": jax.jit(fn, donate_argnums=1, compiler_options=opts)
+        .lower(params, states, frame)
+        .compile(),
+        "not donated": jax.jit(fn, compiler_options=opts).lower(params, states, frame).compile(),
+    }
+    calls = {k: donated_calls(e, params, copy_tree(states), frame)[0] for k, e in exes.items()}
+    turns = interleaved(calls, budget_s=6 * budget)
+    out = {
+        k: {"ms": turns[k][0], "xla_copies": e.as_text().split("ENTRY")[1].count(" copy(")}
+        for k, e in exes.items()
+    }
+    out["leaf_by_leaf_speedup_over_whole"] = (
+        out["whole state"]["ms"] / out["leaf by leaf (co.donating_jit)"]["ms"]
+    )
+    print(f"  anchor network donation: {out}", flush=True)
+    return out
+
+
 def folded_buffer_row(kernel, frame, budget: float, opts=None, suffix: str = "") -> dict:
     """A whole step with the window kept folded, `(S, H, W, (k_t - 1)·C)`: append the
     frame along channels, one conv2d, keep the newest taps (state donated)."""
@@ -338,6 +375,7 @@ def main() -> None:
         "best_xla_over_xla_matmul_peak": best_bare["gflops_per_s"] / peak["xla"],
         "best_torch_over_torch_matmul_peak": torch_best["gflops_per_s"] / peak["torch"],
     }  # fmt: skip
+    donation = network_donation(s, args.budget)
     sweep = library_sweep(args.budget)
     sweep_table = markdown_table(
         ["streams", "H = W", "C_in -> C_out", "stride", "YNNPACK ms", "Eigen ms", "YNNPACK / Eigen"],
@@ -352,6 +390,7 @@ def main() -> None:
     print("\n" + table + "\n\n" + sweep_table + "\n" + str(summary))
     out = {"description": __doc__.split("\n\n")[0], "streams": s, "flops_per_call": flops,
            "matmul_peak_gflops_per_s": peak, "rows": rows, "summary": summary, "table": table,
+           "anchor_network_donation": donation,
            "library_sweep": sweep, "library_sweep_table": sweep_table,
            "eigen_compiler_options": EIGEN, **environment(report)}  # fmt: skip
     print("wrote", write_json("xla_conv_wall", out))
