@@ -1,9 +1,10 @@
 """Every model family side by side, at 1 and 64 streams, in one run.
 
     python -m experiments.bench [--families anchor,cooadtr-b1,...] [--streams 1,64]
-                                [--budget 0.5] [--quick]
+                                [--budget 0.5] [--quick] [--name bench]
 
-Per family and stream count: the cojax step (jit, state donated), the cojax
+Per family and stream count: the cojax step (jit, `co.compiler_options`, state donated
+leaf by leaf with `co.donating_jit`, as `co.StreamPool` runs it), the cojax
 sliding-window clip (jit: the clip network re-run on the latest window for every
 prediction), PyTorch continual-inference's `forward_step` (where it can express the
 model) and the PyTorch clip network. Columns: ms per prediction per stream,
@@ -18,8 +19,8 @@ bench_stgcn) check that the outputs agree.
 Families: the 10×Conv3d anchor network (bench_streaming), the CoOadTR-b1 / b2 encoders
 (N 64, E 1024; bench_transformer), CoX3D-S (160², 13-frame clip), a continual
 Nyströmformer (one block, E 128, m 16, n 256) and CoST-GCN (NTU, 300-frame clip).
-Writes `experiments/results/bench.json` / `.png` and prints the summary table that
-`experiments/README.md` shows.
+Writes `experiments/results/<name>.json` / `.png` (default `bench`) and prints the
+summary table that `experiments/README.md` shows.
 """
 
 from __future__ import annotations
@@ -336,7 +337,7 @@ def summary_table(rows: list[dict], names: dict, streams: list[int]) -> str:
     return markdown_table(header, body)
 
 
-def plot(rows: list[dict], names: dict, streams: list[int]) -> None:
+def plot(rows: list[dict], names: dict, streams: list[int], name: str = "bench") -> None:
     fig, axes = figure(ncols=len(streams), width=7)
     for ax, s in zip(axes, streams):
         x = np.arange(len(names))
@@ -349,7 +350,7 @@ def plot(rows: list[dict], names: dict, streams: list[int]) -> None:
         ax.set_xticks(x, list(names.values()), rotation=30, ha="right", fontsize=8)
         ax.set(yscale="log", ylabel="ms per prediction per stream (log)", title=f"{s} stream(s)")
         ax.legend(fontsize=7)
-    save_figure(fig, "bench")
+    save_figure(fig, name)
 
 
 def main() -> None:
@@ -359,6 +360,7 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=0.5, help="seconds of repeats per row")
     parser.add_argument("--max-call-s", type=float, default=4.0,
                         help="time a clip call once if one call takes longer")  # fmt: skip
+    parser.add_argument("--name", default="bench", help="results/<name>.{json,png}")
     parser.add_argument("--quick", action="store_true", help="budget 0.2 s, no CoX3D-S / CoST-GCN")
     parser.add_argument("--torch-only", nargs=2, metavar=("SPEC", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -418,8 +420,8 @@ def main() -> None:
         "table": text,
         **environment(report),
     }
-    print("wrote", write_json("bench", result))
-    plot(rows, names, streams)
+    print("wrote", write_json(args.name, result))
+    plot(rows, names, streams, args.name)
 
 
 if __name__ == "__main__":
