@@ -15,14 +15,17 @@ with at least `MIN_EIGEN_CHANNELS` input channels per group carry at least half 
 them. It returns `{}` (XLA's defaults) for programs without such convolutions, on
 other backends, and when the user's `XLA_FLAGS` set the YNNPACK option themselves.
 
-`donating_jit(fn, state_argnum=1)` is `jax.jit` with the state donated leaf by leaf:
-every leaf XLA can update in place (rings of frames, counters), not the partial sums of
-a dense convolution's step (`PartialSums.sums`). Those are rewritten whole each step,
-shifted one slot, and a donated shift makes XLA copy every sum twice (in and out):
-measured at 64 streams, one anchor layer's step 1.09-1.11x and the 10-layer anchor
-network's 1.15-1.23x faster with the sums not donated (`python
-experiments/xla_conv_wall.py`: the "whole state donated" row and
-`anchor_network_donation`; docs/api.md, "Compiling a step").
+`donating_jit(fn, state_argnum=1)` is `jax.jit` with the state donated leaf by leaf
+(`donated_leaves`): the buffers of at least `MIN_DONATED_BYTES` that XLA updates in
+place (attention's key / value rings, written one slot per step), not the buffers a
+step shifts by one frame (a dense conv's partial sums `PartialSums.sums`, the frame
+windows of the other convs and pools `WindowState.frames`) and not counters. A shifted
+buffer is rewritten whole each step, and donated XLA copies it in and out: measured at
+64 streams, one anchor layer's step 1.09-1.11x and the 10-layer anchor network's
+1.15-1.23x faster with the sums not donated (`python experiments/xla_conv_wall.py`:
+the "whole state donated" row and `anchor_network_donation`); CoX3D-S at one stream
+1.08x with neither its windows nor its 158 counters donated (`python
+experiments/x3d_step_profile.py`). docs/api.md, "Compiling a step".
 """
 
 from __future__ import annotations
@@ -96,19 +99,43 @@ def _conv_channels_and_flops(eqn) -> tuple[int | None, float]:
 # --------------------------------------------------------------------------- donation
 
 
+# Smaller leaves (counters, flags) are not donated: XLA copies each donated leaf it
+# cannot alias, and a copy per counter costs more than the bytes it would save
+# (CoX3D-S's 158 counters: 1.08x at one stream, `python experiments/x3d_step_profile.py`).
+MIN_DONATED_BYTES = 16 * 1024
+
+
+def _shifted_fields() -> dict[type, tuple[str, ...]]:
+    """State types whose named fields a step rewrites whole, shifted by one frame."""
+    from cojax.layers.conv import PartialSums
+    from cojax.layers.pool import MaskedWindowState
+    from cojax.layers.window import WindowState
+
+    return {PartialSums: ("sums",), WindowState: ("frames",), MaskedWindowState: ("frames",)}
+
+
 def donated_leaves(state: Any) -> Any:
     """The pytree of `state` with True on the leaves worth donating to a step: all but
-    partial sums (`cojax.layers.conv.PartialSums.sums`, see the module docstring)."""
-    from cojax.layers.conv import PartialSums
+    the buffers a step shifts by one frame (`PartialSums.sums`, `WindowState.frames`;
+    see the module docstring)."""
+    shifted = _shifted_fields()
+    kinds = tuple(shifted)
+
+    def big(leaf: Any) -> bool:
+        return math.prod(leaf.shape) * jnp.dtype(leaf.dtype).itemsize >= MIN_DONATED_BYTES
 
     def mark(node: Any) -> Any:
-        if isinstance(node, PartialSums):
-            return PartialSums(
-                tuple(False for _ in node.sums), jax.tree_util.tree_map(lambda _: True, node.count)
+        if not isinstance(node, kinds):
+            return jax.tree_util.tree_map(big, node)
+        fields = shifted[type(node)]
+        return type(node)(
+            *(
+                jax.tree_util.tree_map(lambda leaf, s=name in fields: big(leaf) and not s, value)
+                for name, value in zip(node._fields, node)
             )
-        return True
+        )
 
-    return jax.tree_util.tree_map(mark, state, is_leaf=lambda n: isinstance(n, PartialSums))
+    return jax.tree_util.tree_map(mark, state, is_leaf=lambda n: isinstance(n, kinds))
 
 
 class _Structure(NamedTuple):  # static: how to rebuild the state from its two halves
@@ -116,9 +143,14 @@ class _Structure(NamedTuple):  # static: how to rebuild the state from its two h
     donated: tuple[bool, ...]
 
 
-def _split(state: Any) -> tuple[_Structure, list, list]:
+def _split(state: Any, masks: dict) -> tuple[_Structure, list, list]:
+    """(structure, donated leaves, kept leaves); `masks` memoises `donated_leaves` per
+    tree structure and leaf shapes (recomputing it costs ~1 ms a call for CoX3D-S)."""
     leaves, treedef = jax.tree_util.tree_flatten(state)
-    mask = tuple(jax.tree_util.tree_leaves(donated_leaves(state)))
+    key = (treedef, tuple(getattr(leaf, "shape", ()) for leaf in leaves))
+    if key not in masks:
+        masks[key] = tuple(jax.tree_util.tree_leaves(donated_leaves(state)))
+    mask = masks[key]
     donated = [leaf for leaf, d in zip(leaves, mask) if d]
     kept = [leaf for leaf, d in zip(leaves, mask) if not d]
     return _Structure(treedef, mask), donated, kept
@@ -144,9 +176,10 @@ class DonatingJit:
             return fn(*args)
 
         self._jitted = jax.jit(inner, static_argnums=0, donate_argnums=1, **jit_kwargs)
+        self._masks: dict = {}  # what to donate, per state structure (like jit's cache)
 
     def _arguments(self, args: tuple) -> tuple:
-        structure, donated, kept = _split(args[self.state_argnum])
+        structure, donated, kept = _split(args[self.state_argnum], self._masks)
         rest = args[: self.state_argnum] + args[self.state_argnum + 1 :]
         return structure, donated, kept, *rest
 
@@ -157,17 +190,17 @@ class DonatingJit:
         return self._jitted.lower(*self._arguments(args))
 
     def compile(self, *args: Any) -> CompiledDonatingStep:
-        return CompiledDonatingStep(self.lower(*args).compile(), self.state_argnum)
+        return CompiledDonatingStep(self.lower(*args).compile(), self.state_argnum, self._masks)
 
 
 class CompiledDonatingStep:
     """A compiled `DonatingJit`: called with the step's own arguments."""
 
-    def __init__(self, compiled: Any, state_argnum: int) -> None:
-        self.compiled, self.state_argnum = compiled, state_argnum
+    def __init__(self, compiled: Any, state_argnum: int, masks: dict) -> None:
+        self.compiled, self.state_argnum, self._masks = compiled, state_argnum, masks
 
     def __call__(self, *args: Any) -> Any:
-        _, donated, kept = _split(args[self.state_argnum])
+        _, donated, kept = _split(args[self.state_argnum], self._masks)
         rest = args[: self.state_argnum] + args[self.state_argnum + 1 :]
         return self.compiled(donated, kept, *rest)
 

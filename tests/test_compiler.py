@@ -16,7 +16,7 @@ import pytest
 from jax import lax
 
 import cojax as co
-from cojax.compiler import EIGEN_CONVOLUTIONS, YNN_OPTION
+from cojax.compiler import EIGEN_CONVOLUTIONS, MIN_DONATED_BYTES, YNN_OPTION
 
 # A conv, a dot and a reduction: what YNNPACK takes by default on XLA:CPU.
 PROGRAM = textwrap.dedent(
@@ -139,43 +139,68 @@ def test_stream_pools_compile_with_them(channels, expected):
     assert out["a"][0].shape == (12, 12, 8)
 
 
-def _two_conv_streams():
-    layer = co.Sequential(co.Conv2d(4, 4, 3, padding=(0, 1)), co.Delay(2), co.Conv2d(4, 2, 3))
-    params = layer.init(jax.random.PRNGKey(2))
-    spec = jax.ShapeDtypeStruct((9, 4), jnp.float32)
-    return layer, params, co.init_streams(layer, params, spec, 3)
+def _mixed_streams():
+    """A dense conv (partial sums), a depthwise conv (a shifted window) and attention
+    (key / value rings updated in place), 3 streams each: {name: (layer, frame)}."""
+    layers = {
+        "dense": (co.Conv3d(8, 8, 3, padding=(0, 1, 1)), (16, 16, 8)),
+        "depthwise": (co.Conv3d(8, 8, 3, groups=8, padding=(0, 1, 1)), (16, 16, 8)),
+        "attention": (co.SingleOutputMultiheadAttention(256, 2, 8), (256,)),
+    }
+    params = {k: layer.init(jax.random.PRNGKey(i)) for i, (k, (layer, _)) in
+              enumerate(layers.items())}  # fmt: skip
+    states = {
+        k: co.init_streams(layer, params[k], jax.ShapeDtypeStruct(f, jnp.float32), 3)
+        for k, (layer, f) in layers.items()
+    }
+
+    def step(p, s, x):
+        outs = {k: co.step_streams(layer, p[k], s[k], x[k]) for k, (layer, _) in layers.items()}
+        ys = {k: o[1][0] for k, o in outs.items()}
+        return {k: o[0] for k, o in outs.items()}, (ys, {k: o[1][1] for k, o in outs.items()})
+
+    frames = {k: jax.random.normal(jax.random.PRNGKey(7), (9, 3, *f)) for k, (_, f) in
+              layers.items()}  # fmt: skip
+    return step, params, states, frames
 
 
-def test_donated_leaves_are_all_but_partial_sums():
-    layer, _, states = _two_conv_streams()
+def test_donated_leaves_are_the_big_buffers_a_step_updates_in_place():
+    _, _, states, _ = _mixed_streams()
     marks = co.donated_leaves(states)
     assert jax.tree_util.tree_structure(marks) == jax.tree_util.tree_structure(states)
-    kept = [
-        path
-        for path, d in jax.tree_util.tree_leaves_with_path(marks)
-        if not d  # the two convs' sums: 2 each
-    ]
-    assert len(kept) == 4 and all(".sums" in jax.tree_util.keystr(p) for p in kept)
-    assert sum(jax.tree_util.tree_leaves(marks)) == len(jax.tree_util.tree_leaves(states)) - 4
+    donated = {
+        jax.tree_util.keystr(path) for path, d in jax.tree_util.tree_leaves_with_path(marks) if d
+    }
+    # the attention rings (3 x 2 x 8 x 128 floats, 24 KiB each) and nothing else: not
+    # the shifted partial sums or window, not the counters (under MIN_DONATED_BYTES)
+    assert donated == {"['attention'].keys", "['attention'].values"}
+    sizes = {
+        jax.tree_util.keystr(path): leaf.nbytes
+        for path, leaf in jax.tree_util.tree_leaves_with_path(states)
+    }
+    assert sizes["['dense'].sums[0]"] >= MIN_DONATED_BYTES
+    assert sizes["['depthwise'].frames"] >= MIN_DONATED_BYTES
 
 
 def test_donating_jit_steps_like_jit_and_donates_the_rest():
-    layer, params, states = _two_conv_streams()
-    step = lambda p, s, x: co.step_streams(layer, p, s, x)  # noqa: E731
-    frames = jax.random.normal(jax.random.PRNGKey(3), (9, 3, 9, 4))
+    step, params, states, frames = _mixed_streams()
     plain, donating = jax.jit(step), co.donating_jit(step)
-    compiled = donating.compile(params, states, frames[0])
+    first = jax.tree_util.tree_map(lambda f: f[0], frames)
+    compiled = donating.compile(params, states, first)
     assert compiled.cost_analysis() and "ENTRY" in compiled.as_text()
     copy = lambda tree: jax.tree_util.tree_map(jnp.copy, tree)  # noqa: E731
     s_plain, s_don, s_comp = states, copy(states), copy(states)
-    for x in frames:
-        leaves = jax.tree_util.tree_leaves(s_don)
-        marks = jax.tree_util.tree_leaves(co.donated_leaves(s_don))
+    for t in range(frames["dense"].shape[0]):
+        x = jax.tree_util.tree_map(lambda f, t=t: f[t], frames)
+        leaves = jax.tree_util.tree_leaves(s_don) + jax.tree_util.tree_leaves(s_comp)
+        marks = 2 * jax.tree_util.tree_leaves(co.donated_leaves(s_don))
         s_plain, (y_plain, v_plain) = plain(params, s_plain, x)
         s_don, (y_don, v_don) = donating(params, s_don, x)
         s_comp, (y_comp, _) = compiled(params, s_comp, x)
-        np.testing.assert_array_equal(y_plain, y_don)
-        np.testing.assert_array_equal(y_plain, y_comp)
-        np.testing.assert_array_equal(v_plain, v_don)
+        jax.tree_util.tree_map(np.testing.assert_array_equal, y_plain, y_don)
+        jax.tree_util.tree_map(np.testing.assert_array_equal, y_plain, y_comp)
+        jax.tree_util.tree_map(np.testing.assert_array_equal, v_plain, v_don)
         assert all(leaf.is_deleted() == d for leaf, d in zip(leaves, marks))
-    assert np.abs(np.asarray(y_plain)).max() > 0.1
+        assert any(marks)
+    for k, y in y_plain.items():
+        assert bool(v_plain[k].all()) and np.abs(np.asarray(y)).max() > 0.1, k

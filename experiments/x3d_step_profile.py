@@ -1,0 +1,127 @@
+"""Where CoX3D-S's one-stream step spends its time: each block's step on its own.
+
+    python experiments/x3d_step_profile.py [--budget 1.0]
+
+CoX3D-S (random weights and BatchNorm statistics, 160², one stream) is cut into its
+stem layers, residual blocks and head layers; each part's step is jitted alone, fed the
+previous part's output, run to a steady state (50 steps) and timed: ms, XLA FLOPs,
+GFLOP/s and HLO instructions. The whole step is timed three ways in turn, its state
+donated leaf by leaf (`co.donating_jit`, as `co.StreamPool` runs it), whole, and not
+at all, with the copies XLA inserts for each. Writes
+`experiments/results/x3d_step_profile.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import (  # noqa: E402
+    copy_tree,
+    donated_calls,
+    environment,
+    interleaved,
+    markdown_table,
+    matmul_gflops,
+    timeit,
+    write_json,
+)
+
+import cojax as co  # noqa: E402
+from cojax.demo_models import init_random  # noqa: E402
+
+SIZE, WARM_STEPS = 160, 50
+
+
+def parts(net: co.Layer, params) -> list[tuple[str, co.Layer, dict]]:
+    """(name, layer, params) of every stage's children (blocks, stem and head layers)."""
+    return [
+        (f"{stage}.{name}", child, params[stage][name])
+        for stage, seq in net.children
+        for name, child in seq.children
+    ]
+
+
+def entry_text(exe) -> str:
+    return exe.as_text().split("ENTRY")[1]
+
+
+def part_rows(net, params, budget: float) -> list[dict]:
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((SIZE, SIZE, 3)), jnp.float32)
+    rows = []
+    for name, layer, p in parts(net, params):
+        spec = jax.ShapeDtypeStruct(x.shape, x.dtype)
+        state = layer.init_state(p, spec)
+        exe = jax.jit(layer.step).lower(p, state, spec).compile()
+        for _ in range(WARM_STEPS):  # past every warm-up: the steady state
+            state, (y, _) = exe(p, state, x)
+        ms, _ = timeit(lambda exe=exe, p=p, state=state, x=x: exe(p, state, x), budget_s=budget)
+        flops = float((exe.cost_analysis() or {}).get("flops", 0.0))
+        rows.append({"part": name, "layer": type(layer).__name__, "input": list(x.shape),
+                     "ms": ms, "mflops": flops / 1e6, "gflops_per_s": flops / ms / 1e6,
+                     "hlo_instructions": entry_text(exe).count("\n") - 1})  # fmt: skip
+        print(f"  {rows[-1]}", flush=True)
+        x = y
+    return rows
+
+
+def donation(net, params, budget: float) -> dict:
+    spec = jax.ShapeDtypeStruct((SIZE, SIZE, 3), jnp.float32)
+    state = net.init_state(params, spec)
+    frame = jnp.asarray(np.random.default_rng(1).standard_normal(spec.shape), jnp.float32)
+    exes = {
+        "leaf by leaf (co.donating_jit)": co.donating_jit(net.step).compile(params, state, frame),
+        "whole state": jax.jit(net.step, donate_argnums=1).lower(params, state, frame).compile(),
+        "not donated": jax.jit(net.step).lower(params, state, frame).compile(),
+    }
+    calls = {}
+    for name, exe in exes.items():
+        s = copy_tree(state)
+        for _ in range(WARM_STEPS):
+            s, _ = exes["not donated"](params, s, frame)
+        calls[name] = donated_calls(exe, params, s, frame)[0]
+    turns = interleaved(calls, budget_s=10 * budget)
+    leaves = jax.tree_util.tree_leaves(state)
+    return {
+        "state_mb": sum(a.size * a.dtype.itemsize for a in leaves) / 1e6,
+        **{
+            name: {"ms": turns[name][0], "xla_copies": entry_text(exe).count(" copy(")}
+            for name, exe in exes.items()
+        },
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", type=float, default=1.0, help="seconds of repeats per part")
+    args = parser.parse_args()
+    net = co.x3d("S")
+    params = init_random(net, jax.random.PRNGKey(0))
+    rows = part_rows(net, params, args.budget)
+    whole = donation(net, params, args.budget)
+    peak = matmul_gflops(2048, args.budget, "jax")
+    table = markdown_table(
+        ["part", "layer", "input", "ms", "MFLOP", "GFLOP/s", "HLO instructions"],
+        [[r["part"], r["layer"], "×".join(map(str, r["input"])), f"{r['ms']:.3f}",
+          f"{r['mflops']:.1f}", f"{r['gflops_per_s']:.1f}", r["hlo_instructions"]]
+         for r in rows],
+    )  # fmt: skip
+    total = sum(r["ms"] for r in rows)
+    print(
+        "\n" + table + f"\nparts' sum {total:.2f} ms; whole step: {whole}; matmul peak {peak:.0f}"
+    )
+    out = {"description": __doc__.split("\n\n")[0], "parts": rows, "parts_total_ms": total,
+           "whole_step": whole, "matmul_peak_gflops_per_s": peak, "table": table,
+           **environment()}  # fmt: skip
+    print("wrote", write_json("x3d_step_profile", out))
+
+
+if __name__ == "__main__":
+    main()
