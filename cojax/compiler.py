@@ -16,16 +16,15 @@ them. It returns `{}` (XLA's defaults) for programs without such convolutions, o
 other backends, and when the user's `XLA_FLAGS` set the YNNPACK option themselves.
 
 `donating_jit(fn, state_argnum=1)` is `jax.jit` with the state donated leaf by leaf
-(`donated_leaves`): the buffers of at least `MIN_DONATED_BYTES` that XLA updates in
-place (attention's key / value rings, written one slot per step), not the buffers a
-step shifts by one frame (a dense conv's partial sums `PartialSums.sums`, the frame
-windows of the other convs and pools `WindowState.frames`) and not counters. A shifted
-buffer is rewritten whole each step, and donated XLA copies it in and out: measured at
-64 streams, one anchor layer's step 1.09-1.11x and the 10-layer anchor network's
-1.15-1.23x faster with the sums not donated (`python experiments/xla_conv_wall.py`:
-the "whole state donated" row and `anchor_network_donation`); CoX3D-S at one stream
-1.08x with neither its windows nor its 158 counters donated (`python
-experiments/x3d_step_profile.py`). docs/api.md, "Compiling a step".
+(`donated_leaves`): every leaf but the partial sums of a dense convolution's step
+(`PartialSums.sums`). Those are rewritten whole each step, shifted one slot, and a
+donated shift makes XLA copy every sum in and out. Measured at 64 streams, one anchor
+layer's step 1.09-1.11x faster with the sums not donated (`python
+experiments/xla_conv_wall.py`, the "whole state donated" row; interleaved) and the
+10-layer anchor network's 1.25x (one process per variant, docs/api.md "Compiling a
+step"; interleaved runs of `anchor_network_donation` gave 1.15-1.23x). The windows of
+the other convolutions shift too, but not donating them was slower at 64 streams
+(CoX3D-S: fresh buffers for its 1 GB of state each step) and no faster at one.
 """
 
 from __future__ import annotations
@@ -99,43 +98,19 @@ def _conv_channels_and_flops(eqn) -> tuple[int | None, float]:
 # --------------------------------------------------------------------------- donation
 
 
-# Smaller leaves (counters, flags) are not donated: XLA copies each donated leaf it
-# cannot alias, and a copy per counter costs more than the bytes it would save
-# (CoX3D-S's 158 counters: 1.08x at one stream, `python experiments/x3d_step_profile.py`).
-MIN_DONATED_BYTES = 16 * 1024
-
-
-def _shifted_fields() -> dict[type, tuple[str, ...]]:
-    """State types whose named fields a step rewrites whole, shifted by one frame."""
-    from cojax.layers.conv import PartialSums
-    from cojax.layers.pool import MaskedWindowState
-    from cojax.layers.window import WindowState
-
-    return {PartialSums: ("sums",), WindowState: ("frames",), MaskedWindowState: ("frames",)}
-
-
 def donated_leaves(state: Any) -> Any:
     """The pytree of `state` with True on the leaves worth donating to a step: all but
-    the buffers a step shifts by one frame (`PartialSums.sums`, `WindowState.frames`;
-    see the module docstring)."""
-    shifted = _shifted_fields()
-    kinds = tuple(shifted)
-
-    def big(leaf: Any) -> bool:
-        return math.prod(leaf.shape) * jnp.dtype(leaf.dtype).itemsize >= MIN_DONATED_BYTES
+    the partial sums of a dense conv's step (`PartialSums.sums`, see the module
+    docstring)."""
+    from cojax.layers.conv import PartialSums
 
     def mark(node: Any) -> Any:
-        if not isinstance(node, kinds):
-            return jax.tree_util.tree_map(big, node)
-        fields = shifted[type(node)]
-        return type(node)(
-            *(
-                jax.tree_util.tree_map(lambda leaf, s=name in fields: big(leaf) and not s, value)
-                for name, value in zip(node._fields, node)
-            )
-        )
+        if isinstance(node, PartialSums):
+            count = jax.tree_util.tree_map(lambda _: True, node.count)
+            return PartialSums(tuple(False for _ in node.sums), count)
+        return True
 
-    return jax.tree_util.tree_map(mark, state, is_leaf=lambda n: isinstance(n, kinds))
+    return jax.tree_util.tree_map(mark, state, is_leaf=lambda n: isinstance(n, PartialSums))
 
 
 class _Structure(NamedTuple):  # static: how to rebuild the state from its two halves

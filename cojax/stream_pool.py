@@ -69,7 +69,7 @@ class StreamPool:
         self.traces = 0
         # XLA:CPU options for the layer's convolutions (`cojax.compiler`), from one step.
         self.compiler_options = compiler_options(layer.step, params, self._fresh, self.frame_spec)
-        # The state is donated leaf by leaf (`co.donating_jit`: not shifted buffers).
+        # The state is donated leaf by leaf (`co.donating_jit`: not a conv's partial sums).
         jit = functools.partial(
             donating_jit, state_argnum=1, compiler_options=self.compiler_options
         )

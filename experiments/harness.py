@@ -146,7 +146,7 @@ def compiled(
     `options=False`: XLA's defaults."""
     t0 = time.perf_counter()
     opts = co.compiler_options(fn, *args) if options else {}
-    if donate:  # leaf by leaf, as co.StreamPool does (not shifted buffers, counters)
+    if donate:  # leaf by leaf, as co.StreamPool does (not a conv's partial sums)
         exe = co.donating_jit(fn, 1, compiler_options=opts or None).compile(*args)
     else:
         exe = jax.jit(fn, compiler_options=opts or None).lower(*args).compile()

@@ -5,10 +5,8 @@
 CoX3D-S (random weights and BatchNorm statistics, 160², one stream) is cut into its
 stem layers, residual blocks and head layers; each part's step is jitted alone, fed the
 previous part's output, run to a steady state (50 steps) and timed: ms, XLA FLOPs,
-GFLOP/s and HLO instructions. The whole step is timed three ways in turn, its state
-donated leaf by leaf (`co.donating_jit`, as `co.StreamPool` runs it), whole, and not
-at all, with the copies XLA inserts for each. Writes
-`experiments/results/x3d_step_profile.json`.
+GFLOP/s and HLO instructions (its donation: `xla_conv_wall.py`, `network_donation`).
+Writes `experiments/results/x3d_step_profile.json`.
 """
 
 from __future__ import annotations
@@ -23,10 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (  # noqa: E402
-    copy_tree,
-    donated_calls,
     environment,
-    interleaved,
     markdown_table,
     matmul_gflops,
     timeit,
@@ -72,32 +67,6 @@ def part_rows(net, params, budget: float) -> list[dict]:
     return rows
 
 
-def donation(net, params, budget: float) -> dict:
-    spec = jax.ShapeDtypeStruct((SIZE, SIZE, 3), jnp.float32)
-    state = net.init_state(params, spec)
-    frame = jnp.asarray(np.random.default_rng(1).standard_normal(spec.shape), jnp.float32)
-    exes = {
-        "leaf by leaf (co.donating_jit)": co.donating_jit(net.step).compile(params, state, frame),
-        "whole state": jax.jit(net.step, donate_argnums=1).lower(params, state, frame).compile(),
-        "not donated": jax.jit(net.step).lower(params, state, frame).compile(),
-    }
-    calls = {}
-    for name, exe in exes.items():
-        s = copy_tree(state)
-        for _ in range(WARM_STEPS):
-            s, _ = exes["not donated"](params, s, frame)
-        calls[name] = donated_calls(exe, params, s, frame)[0]
-    turns = interleaved(calls, budget_s=10 * budget)
-    leaves = jax.tree_util.tree_leaves(state)
-    return {
-        "state_mb": sum(a.size * a.dtype.itemsize for a in leaves) / 1e6,
-        **{
-            name: {"ms": turns[name][0], "xla_copies": entry_text(exe).count(" copy(")}
-            for name, exe in exes.items()
-        },
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=float, default=1.0, help="seconds of repeats per part")
@@ -105,7 +74,6 @@ def main() -> None:
     net = co.x3d("S")
     params = init_random(net, jax.random.PRNGKey(0))
     rows = part_rows(net, params, args.budget)
-    whole = donation(net, params, args.budget)
     peak = matmul_gflops(2048, args.budget, "jax")
     table = markdown_table(
         ["part", "layer", "input", "ms", "MFLOP", "GFLOP/s", "HLO instructions"],
@@ -114,11 +82,9 @@ def main() -> None:
          for r in rows],
     )  # fmt: skip
     total = sum(r["ms"] for r in rows)
-    print(
-        "\n" + table + f"\nparts' sum {total:.2f} ms; whole step: {whole}; matmul peak {peak:.0f}"
-    )
+    print("\n" + table + f"\nparts' sum {total:.2f} ms; matmul peak {peak:.0f}")
     out = {"description": __doc__.split("\n\n")[0], "parts": rows, "parts_total_ms": total,
-           "whole_step": whole, "matmul_peak_gflops_per_s": peak, "table": table,
+           "matmul_peak_gflops_per_s": peak, "table": table,
            **environment()}  # fmt: skip
     print("wrote", write_json("x3d_step_profile", out))
 

@@ -24,8 +24,9 @@ run. Formulations:
   then copies every partial sum in and out: the `xla_copies` column), and the former
   window step (ring + fold into channels + conv2d) under Eigen.
 
-The anchor network's step (10 such layers, `bench_streaming.py`) is timed with its state
-donated leaf by leaf, whole and not at all (`anchor_network_donation`).
+The anchor network's step (10 such layers, `bench_streaming.py`) and CoX3D-S's, at 1 and
+64 streams, are timed with their state donated leaf by leaf, whole and not at all, each
+in a process of its own (`network_donation`).
 
 A second table, "YNNPACK vs Eigen", times one 3×3 conv of the shapes continual
 networks run (1 to 64 streams, 3 to 256 input channels) under both libraries: the
@@ -208,37 +209,64 @@ def partials_program_call(kernel, frame, opts):
     return call
 
 
-def network_donation(streams: int, budget: float) -> dict:
-    """The anchor network's step (10 × Conv3d + BN + ReLU, `bench_streaming.py`) at
-    `streams` streams with its state donated leaf by leaf (`co.donating_jit`), whole
-    (`jax.jit(donate_argnums=1)`) and not at all, timed in turn: ms and XLA copies."""
-    from bench_streaming import CHANNELS, SIZE, cojax_network, numpy_params
+DONATIONS = ("leaf by leaf (co.donating_jit)", "whole state", "not donated")
 
-    net = cojax_network()
-    params = jax.tree_util.tree_map(jnp.asarray, numpy_params())
-    spec = jax.ShapeDtypeStruct((SIZE, SIZE, CHANNELS), jnp.float32)
-    rng = np.random.default_rng(2)
-    frame = jnp.asarray(rng.standard_normal((streams, SIZE, SIZE, CHANNELS)), jnp.float32)
-    states = co.init_streams(net, params, spec, streams)
-    fn = functools.partial(co.step_streams, net)
-    opts = co.compiler_options(fn, params, states, frame)
-    exes = {
-        "leaf by leaf (co.donating_jit)": compiled(fn, params, states, frame, donate=True)[0],
-        "whole state": jax.jit(fn, donate_argnums=1, compiler_options=opts)
-        .lower(params, states, frame)
-        .compile(),
-        "not donated": jax.jit(fn, compiler_options=opts).lower(params, states, frame).compile(),
-    }
-    calls = {k: donated_calls(e, params, copy_tree(states), frame)[0] for k, e in exes.items()}
-    turns = interleaved(calls, budget_s=6 * budget)
-    out = {
-        k: {"ms": turns[k][0], "xla_copies": e.as_text().split("ENTRY")[1].count(" copy(")}
-        for k, e in exes.items()
-    }
-    out["leaf_by_leaf_speedup_over_whole"] = (
-        out["whole state"]["ms"] / out["leaf by leaf (co.donating_jit)"]["ms"]
-    )
-    print(f"  anchor network donation: {out}", flush=True)
+
+def _network(name: str):
+    """(layer, params, frame shape) of the anchor network or CoX3D-S (random weights)."""
+    if name == "anchor":
+        from bench_streaming import CHANNELS, SIZE, cojax_network, numpy_params
+
+        params = jax.tree_util.tree_map(jnp.asarray, numpy_params())
+        return cojax_network(), params, (SIZE, SIZE, CHANNELS)
+    from cojax.demo_models import init_random
+
+    layer = co.x3d("S")
+    return layer, init_random(layer, jax.random.PRNGKey(0)), (160, 160, 3)
+
+
+def donation_variant(name: str, streams: int, variant: str, budget: float) -> dict:
+    """One network's step at `streams` streams, its state donated as `variant` says:
+    median / min ms (at least 5 calls) and the copies XLA inserts."""
+    layer, params, shape = _network(name)
+    spec = jax.ShapeDtypeStruct(shape, jnp.float32)
+    frame = jnp.asarray(np.random.default_rng(2).standard_normal((streams, *shape)), jnp.float32)
+    states = co.init_streams(layer, params, spec, streams)
+    fn = functools.partial(co.step_streams, layer)
+    opts = co.compiler_options(fn, params, states, frame) or None
+    if variant == DONATIONS[0]:
+        exe = co.donating_jit(fn, compiler_options=opts).compile(params, states, frame)
+    else:
+        donate = (1,) if variant == DONATIONS[1] else ()
+        exe = jax.jit(fn, donate_argnums=donate, compiler_options=opts)
+        exe = exe.lower(params, states, frame).compile()
+    call = donated_calls(exe, params, copy_tree(states), frame)[0]
+    ms, best = timeit(call, budget_s=budget, min_repeats=5)
+    return {"ms": ms, "best": best, "xla_copies": exe.as_text().split("ENTRY")[1].count(" copy(")}
+
+
+def network_donation(streams: int, budget: float) -> dict:
+    """The anchor network (10 × Conv3d + BN + ReLU, `bench_streaming.py`) and CoX3D-S at
+    1 and `streams` streams, each donation variant timed in a process of its own
+    (buffers freed by one variant would feed another's allocations in one process)."""
+    import json
+    import subprocess
+
+    out = {}
+    for name in ("anchor", "cox3d-s"):
+        for s in (1, streams):
+            key = f"{name}, {s} stream(s)"
+            out[key] = {}
+            for variant in DONATIONS:
+                cmd = [sys.executable, __file__, "--donation", name, str(s), variant,
+                       "--budget", str(3 * budget)]  # fmt: skip
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+                if proc.returncode != 0:
+                    raise RuntimeError(f"donation run {cmd} failed:\n{proc.stderr}")
+                out[key][variant] = json.loads(proc.stdout.strip().splitlines()[-1])
+            ms = {v: out[key][v]["ms"] for v in DONATIONS}
+            out[key]["leaf_by_leaf_speedup_over_whole"] = ms[DONATIONS[1]] / ms[DONATIONS[0]]
+            print(f"  donation, {key}: {out[key]}", flush=True)
     return out
 
 
@@ -292,8 +320,15 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=1.0)
     parser.add_argument("--streams", type=int, default=64)
     parser.add_argument("--torch-only", nargs=2, metavar=("STREAMS", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--donation", nargs=3, help=argparse.SUPPRESS)  # network streams variant
     args = parser.parse_args()
     s = args.streams
+    if args.donation:
+        import json
+
+        name, streams, variant = args.donation
+        print(json.dumps(donation_variant(name, int(streams), variant, args.budget)))
+        return
     if args.torch_only:
         import json
 
@@ -390,7 +425,7 @@ def main() -> None:
     print("\n" + table + "\n\n" + sweep_table + "\n" + str(summary))
     out = {"description": __doc__.split("\n\n")[0], "streams": s, "flops_per_call": flops,
            "matmul_peak_gflops_per_s": peak, "rows": rows, "summary": summary, "table": table,
-           "anchor_network_donation": donation,
+           "network_donation": donation,
            "library_sweep": sweep, "library_sweep_table": sweep_table,
            "eigen_compiler_options": EIGEN, **environment(report)}  # fmt: skip
     print("wrote", write_json("xla_conv_wall", out))

@@ -16,7 +16,7 @@ import pytest
 from jax import lax
 
 import cojax as co
-from cojax.compiler import EIGEN_CONVOLUTIONS, MIN_DONATED_BYTES, YNN_OPTION
+from cojax.compiler import EIGEN_CONVOLUTIONS, YNN_OPTION
 
 # A conv, a dot and a reduction: what YNNPACK takes by default on XLA:CPU.
 PROGRAM = textwrap.dedent(
@@ -164,22 +164,19 @@ def _mixed_streams():
     return step, params, states, frames
 
 
-def test_donated_leaves_are_the_big_buffers_a_step_updates_in_place():
+def test_donated_leaves_are_all_but_partial_sums():
     _, _, states, _ = _mixed_streams()
     marks = co.donated_leaves(states)
     assert jax.tree_util.tree_structure(marks) == jax.tree_util.tree_structure(states)
-    donated = {
-        jax.tree_util.keystr(path) for path, d in jax.tree_util.tree_leaves_with_path(marks) if d
+    kept = {
+        jax.tree_util.keystr(path)
+        for path, d in jax.tree_util.tree_leaves_with_path(marks)
+        if not d
     }
-    # the attention rings (3 x 2 x 8 x 128 floats, 24 KiB each) and nothing else: not
-    # the shifted partial sums or window, not the counters (under MIN_DONATED_BYTES)
-    assert donated == {"['attention'].keys", "['attention'].values"}
-    sizes = {
-        jax.tree_util.keystr(path): leaf.nbytes
-        for path, leaf in jax.tree_util.tree_leaves_with_path(states)
-    }
-    assert sizes["['dense'].sums[0]"] >= MIN_DONATED_BYTES
-    assert sizes["['depthwise'].frames"] >= MIN_DONATED_BYTES
+    # the dense conv's two partial sums; its counter, the depthwise conv's window and
+    # the attention rings are donated
+    assert kept == {"['dense'].sums[0]", "['dense'].sums[1]"}
+    assert sum(jax.tree_util.tree_leaves(marks)) == len(jax.tree_util.tree_leaves(states)) - 2
 
 
 def test_donating_jit_steps_like_jit_and_donates_the_rest():
