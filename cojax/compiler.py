@@ -20,11 +20,11 @@ other backends, and when the user's `XLA_FLAGS` set the YNNPACK option themselve
 (`PartialSums.sums`). Those are rewritten whole each step, shifted one slot, and a
 donated shift makes XLA copy every sum in and out. Measured at 64 streams, one anchor
 layer's step 1.09-1.11x faster with the sums not donated (`python
-experiments/xla_conv_wall.py`, the "whole state donated" row; interleaved) and the
-10-layer anchor network's 1.25x (one process per variant, docs/api.md "Compiling a
-step"; interleaved runs of `anchor_network_donation` gave 1.15-1.23x). The windows of
-the other convolutions shift too, but not donating them was slower at 64 streams
-(CoX3D-S: fresh buffers for its 1 GB of state each step) and no faster at one.
+experiments/xla_conv_wall.py`, the "whole state donated" row) and the 10-layer anchor
+network's 1.22x (its `network_donation`: one process per variant). The windows of the
+other convolutions shift too, but not donating them was 2.1x slower for CoX3D-S at 64
+streams (fresh buffers for its 1 GB of state every step) and no faster at one stream.
+docs/api.md, "Compiling a step".
 """
 
 from __future__ import annotations
