@@ -137,13 +137,20 @@ def _join(structure: _Structure, donated: list, kept: list) -> Any:
     return jax.tree_util.tree_unflatten(structure.treedef, leaves)
 
 
+def _arguments(args: tuple, state_argnum: int, masks: dict) -> tuple:
+    """A step's arguments as the jitted `inner` of `DonatingJit` takes them:
+    (structure, donated leaves, kept leaves, *the other arguments)."""
+    structure, donated, kept = _split(args[state_argnum], masks)
+    return structure, donated, kept, *args[:state_argnum], *args[state_argnum + 1 :]
+
+
 class DonatingJit:
     """`jax.jit(fn, **jit_kwargs)` donating argument `state_argnum` leaf by leaf
     (`donated_leaves`); called like `fn`. `compile(*args)` returns the compiled step,
     called like `fn` too, with XLA's `cost_analysis()` and `as_text()`."""
 
     def __init__(self, fn: Callable, state_argnum: int = 1, **jit_kwargs: Any) -> None:
-        self.fn, self.state_argnum = fn, state_argnum
+        self.state_argnum = state_argnum
 
         def inner(structure: _Structure, donated: list, kept: list, *rest: Any) -> Any:
             args = list(rest)
@@ -153,16 +160,11 @@ class DonatingJit:
         self._jitted = jax.jit(inner, static_argnums=0, donate_argnums=1, **jit_kwargs)
         self._masks: dict = {}  # what to donate, per state structure (like jit's cache)
 
-    def _arguments(self, args: tuple) -> tuple:
-        structure, donated, kept = _split(args[self.state_argnum], self._masks)
-        rest = args[: self.state_argnum] + args[self.state_argnum + 1 :]
-        return structure, donated, kept, *rest
-
     def __call__(self, *args: Any) -> Any:
-        return self._jitted(*self._arguments(args))
+        return self._jitted(*_arguments(args, self.state_argnum, self._masks))
 
     def lower(self, *args: Any) -> Any:
-        return self._jitted.lower(*self._arguments(args))
+        return self._jitted.lower(*_arguments(args, self.state_argnum, self._masks))
 
     def compile(self, *args: Any) -> CompiledDonatingStep:
         return CompiledDonatingStep(self.lower(*args).compile(), self.state_argnum, self._masks)
@@ -175,9 +177,8 @@ class CompiledDonatingStep:
         self.compiled, self.state_argnum, self._masks = compiled, state_argnum, masks
 
     def __call__(self, *args: Any) -> Any:
-        _, donated, kept = _split(args[self.state_argnum], self._masks)
-        rest = args[: self.state_argnum] + args[self.state_argnum + 1 :]
-        return self.compiled(donated, kept, *rest)
+        # the structure is static: compiled into the executable, not passed
+        return self.compiled(*_arguments(args, self.state_argnum, self._masks)[1:])
 
     def cost_analysis(self) -> Any:
         return self.compiled.cost_analysis()

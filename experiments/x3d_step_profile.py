@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import cox3d  # noqa: E402
 from harness import (  # noqa: E402
     environment,
     markdown_table,
@@ -29,9 +30,8 @@ from harness import (  # noqa: E402
 )
 
 import cojax as co  # noqa: E402
-from cojax.demo_models import init_random  # noqa: E402
 
-SIZE, WARM_STEPS = 160, 50
+WARM_STEPS = 50
 
 
 def parts(net: co.Layer, params) -> list[tuple[str, co.Layer, dict]]:
@@ -47,9 +47,9 @@ def entry_text(exe) -> str:
     return exe.as_text().split("ENTRY")[1]
 
 
-def part_rows(net, params, budget: float) -> list[dict]:
+def part_rows(net, params, frame_shape: tuple, budget: float) -> list[dict]:
     rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.standard_normal((SIZE, SIZE, 3)), jnp.float32)
+    x = jnp.asarray(rng.standard_normal(frame_shape), jnp.float32)
     rows = []
     for name, layer, p in parts(net, params):
         spec = jax.ShapeDtypeStruct(x.shape, x.dtype)
@@ -71,9 +71,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=float, default=1.0, help="seconds of repeats per part")
     args = parser.parse_args()
-    net = co.x3d("S")
-    params = init_random(net, jax.random.PRNGKey(0))
-    rows = part_rows(net, params, args.budget)
+    fam = cox3d()  # the family of `python -m experiments.bench`: random weights and BN
+    rows = part_rows(fam.layer, fam.params, fam.frame_shape, args.budget)
     peak = matmul_gflops(2048, args.budget, "jax")
     table = markdown_table(
         ["part", "layer", "input", "ms", "MFLOP", "GFLOP/s", "HLO instructions"],

@@ -179,11 +179,10 @@ def layer_step_rows(frame, budget: float) -> tuple[list[dict], dict]:
         else:
             exe = jax.jit(fn, donate_argnums=1, compiler_options=EIGEN)
             exe = exe.lower(params, states, frame).compile()
-        entry = exe.as_text().split("ENTRY")[1]
         call, honoured = donated_calls(exe, params, copy_tree(states), frame)
         ms, best = timeit(call, budget_s=budget)
         assert honoured()
-        rows.append({"impl": name, "ms": ms, "best": best, "xla_copies": entry.count(" copy(")})
+        rows.append({"impl": name, "ms": ms, "best": best, "xla_copies": xla_copies(exe)})
         calls[name] = call
         print(f"  {rows[-1]}", flush=True)
     return rows, calls
@@ -212,23 +211,18 @@ def partials_program_call(kernel, frame, opts):
 DONATIONS = ("leaf by leaf (co.donating_jit)", "whole state", "not donated")
 
 
-def _network(name: str):
-    """(layer, params, frame shape) of the anchor network or CoX3D-S (random weights)."""
-    if name == "anchor":
-        from bench_streaming import CHANNELS, SIZE, cojax_network, numpy_params
-
-        params = jax.tree_util.tree_map(jnp.asarray, numpy_params())
-        return cojax_network(), params, (SIZE, SIZE, CHANNELS)
-    from cojax.demo_models import init_random
-
-    layer = co.x3d("S")
-    return layer, init_random(layer, jax.random.PRNGKey(0)), (160, 160, 3)
+def xla_copies(exe) -> int:
+    """The copy instructions XLA put into a compiled program's entry computation."""
+    return exe.as_text().split("ENTRY")[1].count(" copy(")
 
 
 def donation_variant(name: str, streams: int, variant: str, budget: float) -> dict:
     """One network's step at `streams` streams, its state donated as `variant` says:
     median / min ms (at least 5 calls) and the copies XLA inserts."""
-    layer, params, shape = _network(name)
+    from bench import anchor, cox3d  # the families of `python -m experiments.bench`
+
+    fam = {"anchor": anchor, "cox3d-s": cox3d}[name]()
+    layer, params, shape = fam.layer, fam.params, fam.frame_shape
     spec = jax.ShapeDtypeStruct(shape, jnp.float32)
     frame = jnp.asarray(np.random.default_rng(2).standard_normal((streams, *shape)), jnp.float32)
     states = co.init_streams(layer, params, spec, streams)
@@ -242,7 +236,7 @@ def donation_variant(name: str, streams: int, variant: str, budget: float) -> di
         exe = exe.lower(params, states, frame).compile()
     call = donated_calls(exe, params, copy_tree(states), frame)[0]
     ms, best = timeit(call, budget_s=budget, min_repeats=5)
-    return {"ms": ms, "best": best, "xla_copies": exe.as_text().split("ENTRY")[1].count(" copy(")}
+    return {"ms": ms, "best": best, "xla_copies": xla_copies(exe)}
 
 
 def network_donation(streams: int, budget: float) -> dict:
